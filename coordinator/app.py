@@ -1,0 +1,164 @@
+"""The Starlette application: wires the core, runtime, store and adapters in one lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from coordinator.accounts import Accounts
+from coordinator.artifacts import TaskArtifacts
+from coordinator.config import Config
+from coordinator.core import effects as fx
+from coordinator.core.core import Core
+from coordinator.demo import ensure_demo
+from coordinator.http_api import ROUTES, TaskApi
+from coordinator.http_auth import ApiError, error_response, json_response
+from coordinator.live import Hub, LiveEndpoint
+from coordinator.openapi import openapi_document
+from coordinator.runtime import Outbox, Runtime
+from coordinator.sessions import WorkerSessions
+from coordinator.store.sqlite import SqliteStore
+
+log = logging.getLogger("tn.coordinator")
+
+
+class _Outbox(Outbox):
+    def __init__(self) -> None:
+        self.sessions: WorkerSessions | None = None
+        self.hub: Hub | None = None
+
+    def dispatch(self, effect: fx.Effect) -> None:
+        assert self.sessions is not None and self.hub is not None
+        match effect:
+            case fx.Send():
+                self.sessions.send(effect.session_id, effect.message)
+            case fx.AssignChunk():
+                self.sessions.assign(effect)
+            case fx.CloseSession():
+                self.sessions.close(effect.session_id, effect.code, effect.reason)
+            case fx.TaskChanged():
+                self.hub.mark(effect.task_id)
+            case _:
+                raise AssertionError(f"no adapter for {effect!r}")
+
+
+class Artifacts:
+    """Open task artifacts by id, keeping the chunk files mapped while in use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._open: dict[str, TaskArtifacts] = {}
+
+    def __call__(self, task_id: str) -> TaskArtifacts:
+        arts = self._open.get(task_id)
+        if arts is None:
+            arts = self._open[task_id] = TaskArtifacts(self.root / task_id)
+        return arts
+
+    def sweep(self, known: set[str]) -> None:
+        """Remove the files of tasks whose creation never committed (a crash mid-upload)."""
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if path.is_dir() and not path.name.startswith(".") and path.name not in known:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        for arts in self._open.values():
+            arts.close()
+
+
+def create_app(config: Config) -> Starlette:
+    outbox = _Outbox()
+    artifacts = Artifacts(config.data_dir / "tasks")
+    holder: dict[str, object] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await SqliteStore.open(config.db_path)
+        accounts = Accounts(store)
+        epoch = await store.next_epoch()
+        core = Core(config.core, epoch)
+        async for task, done, failed, failures in store.load_tasks():
+            core.restore_task(task, done, failed, failures)
+        core.restore_accepted(await store.recent_accepted(config.core.recent_accepted_max))
+        artifacts.sweep(set(core.tasks))
+        runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
+                          batch_max=config.commit_batch_max)
+        hub = Hub(core, config)
+        sessions = WorkerSessions(config, accounts, runtime, artifacts, epoch)
+        outbox.sessions, outbox.hub = sessions, hub
+        api = TaskApi(config, core, runtime, store, accounts, artifacts)
+        holder.update(api=api, live=LiveEndpoint(hub, accounts, config), sessions=sessions)
+        if config.demo:
+            await ensure_demo(accounts, config.data_dir / "demo.json")
+        log.info("coordinator ready: epoch %d, %d tasks restored", epoch, len(core.tasks))
+        try:
+            async with anyio.create_task_group() as tg:
+                runtime.start(tg)
+                tg.start_soon(hub.flusher)
+                app.state.ready = True
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                artifacts.close()
+                await store.close()
+
+    async def worker_ws(ws: WebSocket) -> None:
+        sessions = holder["sessions"]
+        assert isinstance(sessions, WorkerSessions)
+        await sessions.endpoint(ws)
+
+    async def live_ws(ws: WebSocket) -> None:
+        live = holder["live"]
+        assert isinstance(live, LiveEndpoint)
+        await live(ws)
+
+    def api_route(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            api = holder["api"]
+            assert isinstance(api, TaskApi)
+            method: Callable[[Request], Awaitable[Response]] = getattr(api, name)
+            return await method(request)
+        return handler
+
+    async def openapi(request: Request) -> Response:
+        return json_response(openapi_document())
+
+    routes: list[Route | WebSocketRoute] = [
+        Route(path, api_route(name), methods=[method]) for path, method, name in ROUTES
+    ]
+    routes += [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        WebSocketRoute("/ws/worker", worker_ws),
+        WebSocketRoute("/ws/live", live_ws),
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.error, exc.field)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: "no such route; see /openapi.json",
+                   405: "method not allowed on this route; see /openapi.json"}.get(
+            exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, message)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error},
+    )

@@ -1,0 +1,388 @@
+"""The coordinator's decisions: ``Core.handle(event) -> list[Effect]``.
+
+Synchronous and deterministic: no I/O, no clock, no randomness. Time and ids come in on the
+events; lease ids are drawn from a counter under the boot ``epoch`` so they never repeat
+across restarts. Adapters apply the effects (persist first, then send).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from coordinator.core import effects as fx
+from coordinator.core.capabilities import RequirementError, parse_capabilities
+from coordinator.core.events import (
+    Event,
+    FailIn,
+    HeartbeatIn,
+    ProgressIn,
+    ResultIn,
+    SessionClosed,
+    SessionHello,
+    TaskCancel,
+    TaskSubmitted,
+    Tick,
+)
+from coordinator.core.lifecycle import (
+    TERMINAL_TASK_STATES,
+    ChunkState,
+    TaskState,
+    check_chunk_move,
+    check_task_move,
+)
+from coordinator.core.msgpack_peek import array_length
+from coordinator.core.scheduling import Scheduler
+from coordinator.core.state import Lease, Session, Task, worker_key
+from schema.worker import (
+    PROTOCOL_VERSION,
+    Accepted,
+    CoordinatorMessage,
+    Error,
+    Rejected,
+    Revoke,
+    Welcome,
+)
+
+CLOSE_POLICY = 1008
+CLOSE_REPLACED = 4000
+CLOSE_SILENT = 4001
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    heartbeat_ms: int = 2000
+    lease_ms: int = 3500  # a session silent this long is dead; its leases return to the queue
+    disconnect_grace_ms: int = 1000  # a dropped session's leases wait this long for a resume
+    recent_accepted_max: int = 65536  # accepted leases remembered for idempotent re-sends
+
+
+class Core:
+    def __init__(self, config: CoreConfig, epoch: int) -> None:
+        self.config = config
+        self.epoch = epoch
+        self._next_lease = 0
+        self.tasks: dict[str, Task] = {}
+        self.leases: dict[int, Lease] = {}
+        self.sessions: dict[str, Session] = {}
+        self.session_of_worker: dict[str, str] = {}
+        self.recent_accepted: OrderedDict[int, str] = OrderedDict()  # lease -> worker key
+        self.sched = Scheduler(self)
+        self._out: list[fx.Effect] = []
+        self._cause = 0
+
+    # ---- entry point ------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[fx.Effect]:
+        self._out = []
+        self._cause = event.eid
+        match event:
+            case Tick():
+                self._tick(event.at_ms)
+            case SessionHello():
+                self._hello(event)
+            case HeartbeatIn():
+                self._touch(event.session_id, event.at_ms)
+            case ProgressIn():
+                self._progress(event)
+            case ResultIn():
+                self._result(event)
+            case FailIn():
+                self._fail(event)
+            case SessionClosed():
+                self._closed(event.session_id, event.at_ms)
+            case TaskSubmitted():
+                self._submit(event)
+            case TaskCancel():
+                self._cancel(event)
+            case _:
+                raise AssertionError(f"unhandled event {event!r}")
+        out, self._out = self._out, []
+        return out
+
+    def emit(self, effect: fx.Effect) -> None:
+        self._out.append(effect)
+
+    @property
+    def cause(self) -> int:
+        return self._cause
+
+    def send(self, session_id: str, message: CoordinatorMessage) -> None:
+        self.emit(fx.Send(self._cause, session_id, message))
+
+    def new_lease_id(self) -> int:
+        self._next_lease += 1
+        return (self.epoch << 32) | self._next_lease
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    def _submit(self, ev: TaskSubmitted) -> None:
+        if ev.task_id in self.tasks:
+            self.emit(fx.Reply(ev.eid, ok=False, error="task id already exists", status=409))
+            return
+        task = Task(
+            id=ev.task_id, owner=ev.owner, name=ev.name, chunks_total=ev.chunks_total,
+            items_total=ev.items_total, chunk_size=ev.chunk_size,
+            max_concurrency=ev.max_concurrency, max_attempts=ev.max_attempts,
+            chunk_timeout_ms=ev.chunk_timeout_ms, requirements=list(ev.requirements),
+            code_ref=ev.code_ref, created_ms=ev.at_ms,
+        )
+        self.tasks[task.id] = task
+        self.emit(fx.PersistTask(
+            ev.eid, task.id, task.owner, task.name, task.chunks_total, task.items_total,
+            task.chunk_size, task.max_concurrency, task.max_attempts, task.chunk_timeout_ms,
+            task.requirements, task.code_ref, task.created_ms,
+        ))
+        self.emit(fx.Reply(ev.eid, ok=True))
+        self.emit(fx.TaskChanged(ev.eid, task.id))
+        self.sched.task_runnable(task)
+        self.sched.fill_all(ev.at_ms)
+
+    def _cancel(self, ev: TaskCancel) -> None:
+        task = self.tasks.get(ev.task_id)
+        if task is None:
+            self.emit(fx.Reply(ev.eid, ok=False, error="no such task", status=404))
+            return
+        if task.state in TERMINAL_TASK_STATES:
+            self.emit(fx.Reply(
+                ev.eid, ok=False, status=409,
+                error=f"task is already {task.state.label}; nothing to cancel",
+            ))
+            return
+        for lease_id in list(task.lease_of_chunk.values()):
+            lease = self.leases[lease_id]
+            if lease.session_id is not None:
+                self.send(lease.session_id, Revoke(lease_id, ev.reason))
+            self._drop_lease(lease, ChunkState.PENDING, ev.at_ms)
+        self._finish(task, TaskState.CANCELLED, ev.at_ms)
+        self.emit(fx.Reply(ev.eid, ok=True))
+
+    def _finish(self, task: Task, state: TaskState, now: int) -> None:
+        task.state = check_task_move(task.state, state)
+        task.finished_ms = now
+        task.requeue.clear()
+        self.sched.task_stopped(task)
+        self.emit(fx.PersistTaskState(self._cause, task.id, state.label, now))
+        self.emit(fx.TaskChanged(self._cause, task.id))
+
+    # ---- sessions ---------------------------------------------------------------------
+
+    def _hello(self, ev: SessionHello) -> None:
+        if ev.protocol != PROTOCOL_VERSION:
+            self.send(ev.session_id, Error(
+                f"protocol {ev.protocol} is not supported; this coordinator speaks "
+                f"{PROTOCOL_VERSION}: upgrade tn-worker", fatal=True,
+            ))
+            self.emit(fx.CloseSession(ev.eid, ev.session_id, CLOSE_POLICY, "protocol mismatch"))
+            return
+        try:
+            caps = parse_capabilities(ev.capabilities)
+        except RequirementError as exc:
+            self.send(ev.session_id, Error(str(exc), fatal=True))
+            self.emit(fx.CloseSession(ev.eid, ev.session_id, CLOSE_POLICY, "bad capability"))
+            return
+        key = worker_key(ev.account_id, ev.worker_id)
+        old = self.session_of_worker.get(key)
+        if old is not None and old in self.sessions:
+            self.emit(fx.CloseSession(
+                ev.eid, old, CLOSE_REPLACED, "replaced by a newer session of the same worker",
+            ))
+            self._closed(old, ev.at_ms)
+        session = Session(
+            ev.session_id, ev.account_id, ev.worker_id, caps, ev.slots, ev.at_ms,
+            sandbox=list(ev.sandbox),
+        )
+        self.sessions[session.id] = session
+        self.session_of_worker[key] = session.id
+        resumed, dropped = [], []
+        held = set(ev.held_leases)
+        for lease_id in ev.held_leases:
+            lease = self.leases.get(lease_id)
+            if lease is not None and lease.worker_key == key and lease.session_id is None:
+                lease.session_id = session.id
+                lease.orphaned_until_ms = 0
+                session.leases.add(lease_id)
+                resumed.append(lease_id)
+            elif lease_id not in self.recent_accepted:
+                dropped.append(lease_id)
+        # orphans of this worker that it no longer holds go back to the queue now
+        for lease in [x for x in self.leases.values() if x.worker_key == key]:
+            if lease.session_id is None and lease.id not in held:
+                self._drop_lease(lease, ChunkState.PENDING, ev.at_ms)
+        self.send(session.id, Welcome(
+            session.id, self.config.heartbeat_ms, self.config.lease_ms, resumed, dropped,
+        ))
+        self.sched.session_free(session)
+        self.sched.fill_session(session, ev.at_ms)
+
+    def _touch(self, session_id: str, now: int) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.last_seen_ms = now
+        return session
+
+    def _closed(self, session_id: str, now: int) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        self.sched.session_gone(session)
+        if self.session_of_worker.get(session.worker_key) == session_id:
+            del self.session_of_worker[session.worker_key]
+        for lease_id in session.leases:
+            lease = self.leases[lease_id]
+            lease.session_id = None
+            lease.orphaned_until_ms = now + self.config.disconnect_grace_ms
+        session.leases.clear()
+
+    def _tick(self, now: int) -> None:
+        silent = [
+            s for s in self.sessions.values() if now - s.last_seen_ms > self.config.lease_ms
+        ]
+        for session in silent:
+            self.emit(fx.CloseSession(
+                self._cause, session.id, CLOSE_SILENT,
+                f"no heartbeat for {self.config.lease_ms} ms",
+            ))
+            self._closed(session.id, now - self.config.disconnect_grace_ms)
+        for lease in list(self.leases.values()):
+            if lease.session_id is None and lease.orphaned_until_ms <= now:
+                self._drop_lease(lease, ChunkState.PENDING, now)
+            elif lease.deadline_ms <= now:
+                if lease.session_id is not None:
+                    self.send(lease.session_id, Revoke(lease.id, "chunk deadline passed"))
+                self._chunk_failed(
+                    lease, "the chunk ran past its deadline on the worker", True, now
+                )
+        self.sched.fill_all(now)
+
+    # ---- chunk outcomes ---------------------------------------------------------------
+
+    def _owned_lease(self, session_id: str, lease_id: int, now: int) -> Lease | None:
+        """The lease if this session holds it; otherwise tell the worker why not (fencing)."""
+        session = self._touch(session_id, now)
+        if session is None:
+            return None
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.session_id == session_id:
+            return lease
+        if lease is None and self.recent_accepted.get(lease_id) == session.worker_key:
+            self.send(session_id, Accepted(lease_id))  # a re-sent result: already accepted
+            return None
+        why = (
+            "lease belongs to another session"
+            if lease is not None
+            else "lease is unknown, expired or revoked; its chunk went back to the queue"
+        )
+        self.send(session_id, Rejected(lease_id, why))
+        return None
+
+    def _progress(self, ev: ProgressIn) -> None:
+        session = self._touch(ev.session_id, ev.at_ms)
+        lease = self.leases.get(ev.lease_id)
+        if session is None or lease is None or lease.session_id != ev.session_id:
+            return
+        lease.done, lease.total = ev.done, ev.total
+        self.emit(fx.TaskChanged(ev.eid, lease.task_id))
+
+    def _result(self, ev: ResultIn) -> None:
+        lease = self._owned_lease(ev.session_id, ev.lease_id, ev.at_ms)
+        if lease is None:
+            return
+        task = self.tasks[lease.task_id]
+        n = task.items_in(lease.chunk)
+        got = array_length(ev.output)
+        if got != n:
+            detail = "not a MessagePack array" if got is None else f"{got} outputs"
+            self._chunk_failed(
+                lease, f"result has {detail} for {n} items; a result needs one output per item",
+                False, ev.at_ms,
+            )
+            self.send(ev.session_id, Rejected(lease.id, "result does not match the chunk"))
+            return
+        self.emit(fx.PersistResult(
+            ev.eid, task.id, lease.chunk, lease.id, lease.account_id, lease.worker_id,
+            ev.output, ev.digest, n, ev.at_ms,
+        ))
+        self._drop_lease(lease, ChunkState.DONE, ev.at_ms)
+        task.done += 1
+        task.items_done += n
+        self._remember_accepted(lease)
+        self.send(ev.session_id, Accepted(lease.id))
+        if task.finished:
+            self._finish(task, TaskState.COMPLETED if not task.failed else TaskState.FAILED,
+                         ev.at_ms)
+        self.sched.fill_session_id(ev.session_id, ev.at_ms)
+
+    def _fail(self, ev: FailIn) -> None:
+        lease = self._owned_lease(ev.session_id, ev.lease_id, ev.at_ms)
+        if lease is None:
+            return
+        self._chunk_failed(lease, ev.error, ev.retryable, ev.at_ms)
+        self.sched.fill_session_id(ev.session_id, ev.at_ms)
+
+    def _chunk_failed(self, lease: Lease, error: str, retryable: bool, now: int) -> None:
+        task = self.tasks[lease.task_id]
+        attempts = task.failures.get(lease.chunk, 0) + 1
+        task.failures[lease.chunk] = attempts
+        task.failed_on.setdefault(lease.chunk, set()).add(lease.worker_key)
+        task.last_error[lease.chunk] = error
+        final = not retryable or attempts >= task.max_attempts
+        self.emit(fx.PersistFailure(
+            self._cause, task.id, lease.chunk, lease.id, lease.account_id, lease.worker_id,
+            error, final, now,
+        ))
+        self._drop_lease(lease, ChunkState.FAILED if final else ChunkState.PENDING, now)
+        if final:
+            task.failed += 1
+            if task.finished:
+                self._finish(task, TaskState.FAILED, now)
+
+    def _drop_lease(self, lease: Lease, to: ChunkState, now: int) -> None:
+        """End a lease: the chunk moves to ``to`` (PENDING re-queues it)."""
+        del self.leases[lease.id]
+        task = self.tasks[lease.task_id]
+        del task.lease_of_chunk[lease.chunk]
+        task.leased -= 1
+        task.chunk_state[lease.chunk] = check_chunk_move(task.chunk_state[lease.chunk], to)
+        if lease.session_id is not None:
+            session = self.sessions[lease.session_id]
+            session.leases.discard(lease.id)
+            self.sched.session_free(session)
+        if to is ChunkState.PENDING and task.state is TaskState.RUNNING:
+            task.requeue.append(lease.chunk)
+            self.sched.task_runnable(task)
+        self.sched.task_slot_freed(task)
+        self.emit(fx.TaskChanged(self._cause, task.id))
+
+    def _remember_accepted(self, lease: Lease) -> None:
+        self.recent_accepted[lease.id] = lease.worker_key
+        if len(self.recent_accepted) > self.config.recent_accepted_max:
+            self.recent_accepted.popitem(last=False)
+
+    # ---- restart ----------------------------------------------------------------------
+
+    def restore_task(
+        self,
+        task: Task,
+        done: list[tuple[int, int]],
+        failed: dict[int, str],
+        failures: dict[int, int],
+    ) -> None:
+        """Rebuild a task from the store after a restart: ``done`` is (chunk, items) pairs,
+        ``failed`` the chunks failed for good with their last error, ``failures`` the failed
+        attempts of every chunk. Nothing is leased after a restart: the rest is pending."""
+        for chunk, items in done:
+            task.chunk_state[chunk] = ChunkState.DONE
+            task.items_done += items
+        for chunk, error in failed.items():
+            task.chunk_state[chunk] = ChunkState.FAILED
+            task.last_error[chunk] = error
+        task.done, task.failed = len(done), len(failed)
+        task.failures = dict(failures)
+        self.tasks[task.id] = task
+        self.sched.task_runnable(task)
+
+    def restore_accepted(self, accepted: list[tuple[int, str]]) -> None:
+        """Recently accepted (lease, worker key) pairs, oldest first, for idempotent re-sends."""
+        for lease_id, key in accepted[-self.config.recent_accepted_max :]:
+            self.recent_accepted[lease_id] = key

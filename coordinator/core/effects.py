@@ -1,0 +1,103 @@
+"""Effects: what the core asks the adapters to do. Each repeats the id of the event that caused it.
+
+The runtime applies a turn's effects in a fixed order: persistence first (one group commit),
+then messages and publications. So nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schema.worker import CoordinatorMessage
+
+
+class Effect(msgspec.Struct, frozen=True, tag_field="fx"):
+    cause: int
+
+
+# ---- messages -------------------------------------------------------------------------
+
+
+class Send(Effect, tag="send", frozen=True):
+    session_id: str
+    message: CoordinatorMessage
+
+
+class AssignChunk(Effect, tag="assign", frozen=True):
+    """Send an ``assign``; the adapter adds the chunk's items from the task's artifacts."""
+
+    session_id: str
+    lease_id: int
+    task_id: str
+    chunk_index: int
+    code_ref: str
+    deadline_ms: int
+    attempt: int
+
+
+class CloseSession(Effect, tag="close", frozen=True):
+    session_id: str
+    code: int
+    reason: str
+
+
+class Reply(Effect, tag="reply", frozen=True):
+    """Answer the caller that submitted event ``cause`` (a REST request), after the commit."""
+
+    ok: bool
+    error: str = ""
+    status: int = 200
+
+
+class TaskChanged(Effect, tag="task_changed", frozen=True):
+    task_id: str
+
+
+# ---- persistence ----------------------------------------------------------------------
+
+
+class PersistTask(Effect, tag="p_task", frozen=True):
+    task_id: str
+    owner: str
+    name: str
+    chunks_total: int
+    items_total: int
+    chunk_size: int
+    max_concurrency: int
+    max_attempts: int
+    chunk_timeout_ms: int
+    requirements: list[str]
+    code_ref: str
+    created_ms: int
+
+
+class PersistTaskState(Effect, tag="p_task_state", frozen=True):
+    task_id: str
+    state: str
+    finished_ms: int | None
+
+
+class PersistResult(Effect, tag="p_result", frozen=True):
+    task_id: str
+    chunk_index: int
+    lease_id: int
+    account_id: str
+    worker_id: str
+    output: bytes
+    digest: str
+    items: int
+    at_ms: int
+
+
+class PersistFailure(Effect, tag="p_failure", frozen=True):
+    task_id: str
+    chunk_index: int
+    lease_id: int
+    account_id: str
+    worker_id: str
+    error: str
+    final: bool
+    at_ms: int
+
+
+PERSISTENT = (PersistTask, PersistTaskState, PersistResult, PersistFailure)

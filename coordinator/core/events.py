@@ -1,0 +1,92 @@
+"""Events: everything that enters the core. Each carries its id (``eid``) and time (``at_ms``).
+
+The runtime stamps both; the core never reads a clock or draws an id. Events are tagged
+msgspec Structs so the journal can record them and replay can feed them back verbatim.
+Secrets never appear here: sessions arrive already authenticated, as an account id.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="ev"):
+    eid: int
+    at_ms: int
+
+
+class Tick(Event, tag="tick", frozen=True):
+    """The clock moved; expire leases and sessions that went silent."""
+
+
+class TaskSubmitted(Event, tag="task_submitted", frozen=True):
+    task_id: str
+    owner: str
+    name: str
+    chunks_total: int
+    items_total: int
+    chunk_size: int
+    max_concurrency: int
+    max_attempts: int
+    chunk_timeout_ms: int
+    requirements: list[str]
+    code_ref: str
+
+
+class TaskCancel(Event, tag="task_cancel", frozen=True):
+    task_id: str
+    reason: str = "cancelled by its owner"
+
+
+class SessionHello(Event, tag="hello", frozen=True):
+    session_id: str
+    account_id: str
+    worker_id: str
+    capabilities: list[str]
+    slots: int
+    held_leases: list[int]
+    protocol: int
+    sandbox: list[str] = []
+
+
+class SessionClosed(Event, tag="closed", frozen=True):
+    session_id: str
+    reason: str = ""
+
+
+class ProgressIn(Event, tag="progress", frozen=True):
+    session_id: str
+    lease_id: int
+    done: int
+    total: int
+
+
+class HeartbeatIn(Event, tag="heartbeat", frozen=True):
+    session_id: str
+
+
+class ResultIn(Event, tag="result", frozen=True):
+    session_id: str
+    lease_id: int
+    output: bytes
+    digest: str
+
+
+class FailIn(Event, tag="fail", frozen=True):
+    session_id: str
+    lease_id: int
+    error: str
+    retryable: bool
+
+
+AnyEvent = (
+    Tick
+    | TaskSubmitted
+    | TaskCancel
+    | SessionHello
+    | SessionClosed
+    | ProgressIn
+    | HeartbeatIn
+    | ResultIn
+    | FailIn
+)

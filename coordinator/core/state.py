@@ -1,0 +1,105 @@
+"""The core's in-memory state: tasks, leases and worker sessions.
+
+Memory is bounded by what is live, not by history: a task holds one byte per chunk (its
+state) plus a queue of chunks returned for retry; chunks past ``cursor`` were never leased
+and cost nothing more than their state byte.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from coordinator.core.lifecycle import ChunkState, TaskState
+
+
+@dataclass(slots=True)
+class Task:
+    id: str
+    owner: str
+    name: str
+    chunks_total: int
+    items_total: int
+    chunk_size: int
+    max_concurrency: int
+    max_attempts: int
+    chunk_timeout_ms: int
+    requirements: list[str]
+    code_ref: str
+    created_ms: int
+    state: TaskState = TaskState.RUNNING
+    finished_ms: int | None = None
+    chunk_state: bytearray = field(default_factory=bytearray)
+    cursor: int = 0  # chunks before it were leased once; pending ones among them are in requeue
+    requeue: deque[int] = field(default_factory=deque)
+    leased: int = 0
+    done: int = 0
+    failed: int = 0
+    items_done: int = 0
+    failures: dict[int, int] = field(default_factory=dict)  # chunk -> failed attempts
+    failed_on: dict[int, set[str]] = field(default_factory=dict)  # chunk -> worker keys
+    last_error: dict[int, str] = field(default_factory=dict)
+    lease_of_chunk: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.chunk_state:
+            self.chunk_state = bytearray(self.chunks_total)
+
+    @property
+    def pending(self) -> int:
+        return self.chunks_total - self.leased - self.done - self.failed
+
+    def items_in(self, chunk: int) -> int:
+        return min(self.chunk_size, self.items_total - chunk * self.chunk_size)
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.failed == self.chunks_total
+
+    def count(self, state: ChunkState) -> int:
+        return {
+            ChunkState.PENDING: self.pending,
+            ChunkState.LEASED: self.leased,
+            ChunkState.DONE: self.done,
+            ChunkState.FAILED: self.failed,
+        }[state]
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    task_id: str
+    chunk: int
+    session_id: str | None  # None while orphaned (its session dropped; resumable until expiry)
+    worker_key: str
+    account_id: str
+    worker_id: str
+    started_ms: int
+    deadline_ms: int  # chunk timeout backstop
+    orphaned_until_ms: int = 0
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    account_id: str
+    worker_id: str
+    capabilities: dict[str, str]
+    slots: int
+    last_seen_ms: int
+    leases: set[int] = field(default_factory=set)
+    sandbox: list[str] = field(default_factory=list)
+
+    @property
+    def worker_key(self) -> str:
+        return worker_key(self.account_id, self.worker_id)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.leases)
+
+
+def worker_key(account_id: str, worker_id: str) -> str:
+    return f"{account_id}/{worker_id}"

@@ -1,0 +1,216 @@
+"""REST routes: tasks, their chunks and results, and the code workers download."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from coordinator.accounts import Account, Accounts
+from coordinator.artifacts import TaskArtifacts
+from coordinator.config import Config
+from coordinator.core.capabilities import RequirementError, validate_requirements
+from coordinator.core.core import Core
+from coordinator.core.events import TaskCancel, TaskSubmitted
+from coordinator.core.lifecycle import TaskState
+from coordinator.core.state import Task
+from coordinator.http_auth import ApiError, authenticate, json_response
+from coordinator.runtime import Runtime
+from coordinator.store.sqlite import SqliteStore
+from coordinator.uploads import UploadError, parse_code, parse_dataset
+from coordinator.views import chunk_infos, task_info
+from schema.rest import ChunkPage, Health, TaskCreated, TaskList, TaskSpec
+
+VERSION = "0.1.0"
+RESULT_PAGE_ROWS = 256
+
+# (path, method, TaskApi method name)
+ROUTES = [
+    ("/healthz", "GET", "health"),
+    ("/api/tasks", "POST", "create"),
+    ("/api/tasks", "GET", "list"),
+    ("/api/tasks/{task_id}", "GET", "get"),
+    ("/api/tasks/{task_id}/chunks", "GET", "chunks"),
+    ("/api/tasks/{task_id}/results", "GET", "results"),
+    ("/api/tasks/{task_id}/cancel", "POST", "cancel"),
+    ("/api/tasks/{task_id}/code", "GET", "code"),
+]
+
+
+class TaskApi:
+    def __init__(
+        self, config: Config, core: Core, runtime: Runtime, store: SqliteStore,
+        accounts: Accounts, artifacts: Callable[[str], TaskArtifacts],
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.runtime = runtime
+        self.store = store
+        self.accounts = accounts
+        self.artifacts = artifacts
+
+    async def health(self, request: Request) -> Response:
+        return json_response(Health(ok=True, version=VERSION))
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _own_task(self, account: Account, task_id: str) -> Task:
+        task = self.core.tasks.get(task_id)
+        if task is None or (account.role != "admin" and task.owner != account.id):
+            raise ApiError(404, f"no task {task_id!r} among yours; list them with `tn task list`")
+        return task
+
+    # ---- routes -----------------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise ApiError(411, "send the upload with a Content-Length header")
+        if int(length) > self.config.request_bytes_max:
+            raise ApiError(413, f"the upload is {int(length)} bytes; the limit is "
+                                f"{self.config.request_bytes_max} (TN_REQUEST_BYTES_MAX)")
+        limits = self.config.uploads
+        async with request.form(max_files=2, max_fields=4, max_part_size=1 << 20) as form:
+            code, data, spec_raw = form.get("code"), form.get("data"), form.get("spec")
+            if not isinstance(code, UploadFile):
+                raise ApiError(400, "attach the code as a file part named 'code'", "code")
+            if not isinstance(data, UploadFile):
+                raise ApiError(400, "attach the dataset as a file part named 'data'", "data")
+            code_name, code_bytes = code.filename or "", await code.read()
+            data_name, data_bytes = data.filename or "", await data.read()
+        spec = _parse_spec(spec_raw)
+        task_id = "t_" + secrets.token_hex(8)
+        arts = self.artifacts(task_id)
+
+        def prepare() -> tuple[str, int, int]:
+            bundle = parse_code(code_name, code_bytes, limits)
+            items = parse_dataset(data_name, data_bytes, limits)
+            return bundle.digest, arts.write(bundle, items, spec.chunk_size), len(items)
+
+        try:
+            code_ref, chunks, items_total = await anyio.to_thread.run_sync(prepare)
+        except UploadError as exc:
+            arts.remove()
+            raise ApiError(400, exc.message, exc.field) from None
+        reply = await self.runtime.call(TaskSubmitted(
+            0, 0, task_id, account.id, spec.name, chunks, items_total, spec.chunk_size,
+            spec.max_concurrency, spec.max_attempts, spec.chunk_timeout_ms,
+            list(spec.requirements), code_ref,
+        ))
+        if not reply.ok:
+            arts.remove()
+            raise ApiError(reply.status, reply.error)
+        return json_response(TaskCreated(task_id, chunks, items_total), 201)
+
+    async def list(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        tasks = [
+            task_info(t) for t in self.core.tasks.values()
+            if account.role == "admin" or t.owner == account.id
+        ]
+        return json_response(TaskList(tasks))
+
+    async def get(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        return json_response(task_info(self._own_task(account, request.path_params["task_id"])))
+
+    async def chunks(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        offset = _int_param(request, "offset", 0, 0, task.chunks_total)
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        workers = await self.store.chunk_workers(task.id, offset, offset + limit)
+        page = chunk_infos(self.core, task, offset, limit, workers)
+        nxt = offset + limit if offset + limit < task.chunks_total else None
+        return json_response(ChunkPage(page, nxt))
+
+    async def cancel(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        reply = await self.runtime.call(TaskCancel(0, 0, task.id))
+        if not reply.ok:
+            raise ApiError(reply.status, reply.error)
+        return json_response(task_info(task))
+
+    async def code(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts)
+        task = self.core.tasks.get(request.path_params["task_id"])
+        allowed = task is not None and (
+            account.role == "admin" or task.owner == account.id
+            or any(self.core.leases[lid].account_id == account.id
+                   for lid in task.lease_of_chunk.values())
+        )
+        if task is None or not allowed:
+            raise ApiError(404, "no such task among those you hold a lease on")
+        data = await anyio.to_thread.run_sync(self.artifacts(task.id).code_zip)
+        return Response(data, media_type="application/zip",
+                        headers={"X-TN-Code-Ref": task.code_ref})
+
+    async def results(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ("json", "jsonl"):
+            raise ApiError(400, "format must be json or jsonl", "format")
+        partial = request.query_params.get("partial", "") in ("1", "true")
+        if task.state is TaskState.RUNNING and not partial:
+            raise ApiError(409, f"task is still running ({task.done} of {task.chunks_total} "
+                                "chunks done); wait with `tn task watch`, or add ?partial=true")
+        await self.runtime.flushed()
+        media = "application/json" if fmt == "json" else "application/x-ndjson"
+        return StreamingResponse(self._stream(task, fmt == "jsonl"), media_type=media)
+
+    async def _stream(self, task: Task, lines: bool) -> AsyncIterator[bytes]:
+        """Outputs in item order; items of chunks without a result are null."""
+        dec = msgspec.msgpack.Decoder()
+        enc = msgspec.json.Encoder()
+        sep = b"\n" if lines else b","
+        first = True
+        yield b"" if lines else b"["
+        expected, after = 0, -1
+        while True:
+            rows = await self.store.result_rows(task.id, after, RESULT_PAGE_ROWS)
+            for chunk, output in [*rows, *([(task.chunks_total, b"")] if not rows else [])]:
+                parts: list[bytes] = []
+                for missing in range(expected, chunk):
+                    parts.extend([b"null"] * task.items_in(missing))
+                if output:
+                    parts.extend(enc.encode(v) for v in dec.decode(output))
+                expected, after = chunk + 1, chunk
+                if parts:
+                    body = sep.join(parts)
+                    yield body + b"\n" if lines else (body if first else b"," + body)
+                    first = False
+            if not rows:
+                break
+        if not lines:
+            yield b"]"
+
+
+def _parse_spec(raw: Any) -> TaskSpec:
+    if raw is None:
+        return TaskSpec()
+    if isinstance(raw, UploadFile):
+        raise ApiError(400, "send spec as a text field with JSON, not a file", "spec")
+    try:
+        spec = msgspec.json.decode(raw.encode(), type=TaskSpec)
+        validate_requirements(spec.requirements)
+    except (msgspec.DecodeError, msgspec.ValidationError, RequirementError) as exc:
+        raise ApiError(400, f"bad spec: {exc}", "spec") from None
+    return spec
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= max(lo, hi):
+        raise ApiError(400, f"{name} must be a whole number from {lo} to {max(lo, hi)}", name)
+    return int(raw)

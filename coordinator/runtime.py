@@ -1,0 +1,173 @@
+"""Drives the core: stamps events with time and ids, runs ``core.handle`` and applies effects.
+
+Two stages, each a task in the app's task group:
+
+- the core loop takes a batch of queued events, handles each (synchronously, no ``await``
+  between a decision and its effects) and hands the batch's effects to the commit stage;
+- the commit stage writes all persistence effects waiting for it in one transaction, then
+  sends the batch's messages and answers its waiters. Nothing is acknowledged before its
+  commit; the core goes on deciding while the disk works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from coordinator.core import effects as fx
+from coordinator.core.core import Core
+from coordinator.core.events import Event, Tick
+from coordinator.store.sqlite import SqliteStore
+
+
+class Clock:
+    """Wall-clock milliseconds that never run backwards (anchored on the monotonic clock)."""
+
+    def __init__(self) -> None:
+        self._base = time.time_ns() // 1_000_000 - time.monotonic_ns() // 1_000_000
+
+    def now_ms(self) -> int:
+        return self._base + time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class Reply:
+    ok: bool
+    error: str = ""
+    status: int = 200
+
+
+@dataclass
+class _Waiter:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Reply | None = None
+
+
+class Outbox:
+    """Where effects go after their commit (implemented by the app's adapters)."""
+
+    def dispatch(self, effect: fx.Effect) -> None:
+        raise NotImplementedError
+
+
+class Runtime:
+    def __init__(
+        self,
+        core: Core,
+        store: SqliteStore,
+        outbox: Outbox,
+        *,
+        tick_ms: int,
+        batch_max: int,
+        queue_max: int = 65536,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.outbox = outbox
+        self.clock = Clock()
+        self.tick_ms = tick_ms
+        self.batch_max = batch_max
+        self.on_event = on_event
+        self._eid = 0
+        self._waiters: dict[int, _Waiter] = {}
+        self._in_send, self._in_recv = anyio.create_memory_object_stream[
+            tuple[Event, _Waiter | None]
+        ](queue_max)
+        send, recv = anyio.create_memory_object_stream[tuple[list[fx.Effect], list[int]]](64)
+        self._commit_send: MemoryObjectSendStream[tuple[list[fx.Effect], list[int]]] = send
+        self._commit_recv: MemoryObjectReceiveStream[tuple[list[fx.Effect], list[int]]] = recv
+        self.events_handled = 0
+
+    # ---- submitting events ------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        """Queue an event (fire and forget); raises anyio.WouldBlock when overloaded."""
+        self._in_send.send_nowait((event, None))
+
+    async def enqueue(self, event: Event) -> None:
+        """Queue an event, waiting for room (backpressure on the caller's connection)."""
+        await self._in_send.send((event, None))
+
+    async def call(self, event: Event) -> Reply:
+        """Queue an event and wait until its effects are committed; returns its reply."""
+        waiter = _Waiter()
+        await self._in_send.send((event, waiter))
+        await waiter.done.wait()
+        return waiter.reply or Reply(ok=True)
+
+    async def flushed(self) -> None:
+        """Wait until everything handled before this call is committed."""
+        await self.call(Tick(0, 0))
+
+    def _stamp(self, event: Event) -> Event:
+        self._eid += 1
+        return msgspec.structs.replace(event, eid=self._eid, at_ms=self.clock.now_ms())
+
+    # ---- the two stages ---------------------------------------------------------------
+
+    def start(self, tg: TaskGroup) -> None:
+        tg.start_soon(self._core_loop)
+        tg.start_soon(self._commit_loop)
+        tg.start_soon(self._ticker)
+
+    async def _ticker(self) -> None:
+        while True:
+            await anyio.sleep(self.tick_ms / 1000)
+            with contextlib.suppress(anyio.WouldBlock):  # full of work: the next tick will do
+                self.post(Tick(0, 0))
+
+    async def _core_loop(self) -> None:
+        recv = self._in_recv
+        while True:
+            batch = [await recv.receive()]
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(recv.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            effects: list[fx.Effect] = []
+            waited: list[int] = []
+            for raw, waiter in batch:
+                event = self._stamp(raw)
+                if waiter is not None:
+                    self._waiters[event.eid] = waiter
+                    waited.append(event.eid)
+                if self.on_event is not None:
+                    self.on_event(event)
+                effects.extend(self.core.handle(event))
+            self.events_handled += len(batch)
+            await self._commit_send.send((effects, waited))
+
+    async def _commit_loop(self) -> None:
+        recv = self._commit_recv
+        while True:
+            turns = [await recv.receive()]
+            while True:
+                try:
+                    turns.append(recv.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            persist = [e for effects, _ in turns for e in effects if isinstance(e, fx.PERSISTENT)]
+            if persist:
+                with anyio.CancelScope(shield=True):
+                    await self.store.apply(persist)
+            for effects, waited in turns:
+                for e in effects:
+                    if isinstance(e, fx.Reply):
+                        w = self._waiters.get(e.cause)
+                        if w is not None:
+                            w.reply = Reply(e.ok, e.error, e.status)
+                    elif not isinstance(e, fx.PERSISTENT):
+                        self.outbox.dispatch(e)
+                for eid in waited:
+                    w = self._waiters.pop(eid, None)
+                    if w is not None:
+                        w.done.set()

@@ -1,0 +1,236 @@
+"""Worker sessions: the WebSocket adapter between ``tn-worker`` and the core.
+
+Each session has a bounded outbound queue drained by its own writer; the reader decodes
+MessagePack frames into events. Bad frames get an ``error`` reply; a session that keeps
+sending them is closed with 1008. A worker too slow to take its messages is closed (1013)
+rather than letting its queue grow.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from coordinator.accounts import Accounts
+from coordinator.artifacts import TaskArtifacts
+from coordinator.config import Config
+from coordinator.core import effects as fx
+from coordinator.core.events import (
+    Event,
+    FailIn,
+    HeartbeatIn,
+    ProgressIn,
+    ResultIn,
+    SessionClosed,
+    SessionHello,
+)
+from coordinator.runtime import Runtime
+from schema import worker as w
+
+ENCODER = msgspec.msgpack.Encoder()
+DECODER = msgspec.msgpack.Decoder(w.WorkerMessage)
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_OVERLOADED = 1013
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    code: int
+    reason: str
+
+
+Outgoing = bytes | _Close
+
+
+class _Conn:
+    def __init__(self, queue_max: int) -> None:
+        send, recv = anyio.create_memory_object_stream[Outgoing](queue_max)
+        self.send: MemoryObjectSendStream[Outgoing] = send
+        self.recv: MemoryObjectReceiveStream[Outgoing] = recv
+        self.closing = False
+
+    def put(self, item: Outgoing) -> bool:
+        if self.closing:
+            return True
+        try:
+            self.send.send_nowait(item)
+            return True
+        except anyio.WouldBlock:
+            return False
+
+
+class WorkerSessions:
+    def __init__(
+        self,
+        config: Config,
+        accounts: Accounts,
+        runtime: Runtime,
+        artifacts: Callable[[str], TaskArtifacts],
+        epoch: int,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.runtime = runtime
+        self.artifacts = artifacts
+        self.epoch = epoch
+        self._ids = itertools.count(1)
+        self.conns: dict[str, _Conn] = {}
+
+    # ---- effects from the core (called after commit) ----------------------------------
+
+    def send(self, session_id: str, message: w.CoordinatorMessage) -> None:
+        self._put(session_id, ENCODER.encode(message))
+
+    def assign(self, e: fx.AssignChunk) -> None:
+        if e.session_id in self.conns:
+            items = self.artifacts(e.task_id).read_chunk(e.chunk_index)
+            msg = w.Assign(
+                e.lease_id, e.task_id, e.chunk_index, e.code_ref, msgspec.Raw(items),
+                e.deadline_ms, e.attempt,
+            )
+            self._put(e.session_id, ENCODER.encode(msg))
+
+    def close(self, session_id: str, code: int, reason: str) -> None:
+        conn = self.conns.get(session_id)
+        if conn is not None and not conn.closing:
+            conn.put(_Close(code, reason))
+            conn.closing = True
+
+    def _put(self, session_id: str, data: bytes) -> None:
+        conn = self.conns.get(session_id)
+        if conn is not None and not conn.put(data):
+            conn.closing = True
+            conn.send.close()  # the writer notices and closes 1013
+
+    # ---- the endpoint -----------------------------------------------------------------
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        await ws.accept()
+        hello = await self._hello(ws)
+        if hello is None:
+            return
+        account_id = hello[0]
+        msg: w.Hello = hello[1]
+        session_id = f"s{self.epoch}.{next(self._ids)}"
+        conn = _Conn(self.config.session_queue_max)
+        self.conns[session_id] = conn
+        try:
+            await self._post(SessionHello(
+                0, 0, session_id, account_id, msg.worker_id, list(msg.capabilities),
+                msg.slots, list(msg.held_leases), msg.protocol, list(msg.sandbox),
+            ))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, ws, conn, tg.cancel_scope)
+                await self._reader(ws, session_id)
+                tg.cancel_scope.cancel()
+        finally:
+            del self.conns[session_id]
+            with anyio.CancelScope(shield=True):
+                await self._post(SessionClosed(0, 0, session_id, "connection closed"))
+
+    async def _post(self, event: Event) -> None:
+        await self.runtime.enqueue(event)
+
+    async def _hello(self, ws: WebSocket) -> tuple[str, w.Hello] | None:
+        try:
+            with anyio.fail_after(self.config.hello_timeout_ms / 1000):
+                raw = await ws.receive()
+        except TimeoutError:
+            await self._refuse(ws, "no hello within the hello timeout; send hello first")
+            return None
+        data = raw.get("bytes")
+        if raw["type"] != "websocket.receive" or data is None:
+            if raw["type"] == "websocket.receive":
+                await self._refuse(ws, "workers speak MessagePack in binary frames")
+            return None
+        try:
+            msg = DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            await self._refuse(ws, f"malformed hello: {exc}")
+            return None
+        if not isinstance(msg, w.Hello):
+            await self._refuse(ws, f"the first message must be hello, not {type(msg).__name__}")
+            return None
+        account = await self.accounts.authenticate(msg.token)
+        if account is None:
+            await self._refuse(ws, "unknown, revoked or expired token; ask an admin for a "
+                                   "worker token and pass it with --token or TN_TOKEN")
+            return None
+        if account.role not in ("worker", "admin"):
+            await self._refuse(ws, f"a {account.role} token cannot take work; "
+                                   "use a worker account's token")
+            return None
+        return account.id, msg
+
+    async def _refuse(self, ws: WebSocket, reason: str) -> None:
+        try:
+            await ws.send_bytes(ENCODER.encode(w.Error(reason, fatal=True)))
+            await ws.close(CLOSE_POLICY, reason[:120])
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+
+    async def _reader(self, ws: WebSocket, session_id: str) -> None:
+        bad = 0
+        limit = self.config.ws_message_bytes_max
+        while True:
+            raw = await ws.receive()
+            if raw["type"] == "websocket.disconnect":
+                return
+            data = raw.get("bytes")
+            problem: str | None = None
+            event: Event | None = None
+            if data is None:
+                problem = "workers speak MessagePack in binary frames, not text"
+            elif len(data) > limit:
+                problem = f"message of {len(data)} bytes is over the {limit}-byte limit"
+            else:
+                try:
+                    event = _to_event(DECODER.decode(data), session_id)
+                    if event is None:
+                        problem = "hello was already received; send it once per session"
+                except msgspec.DecodeError as exc:
+                    problem = f"malformed message: {exc}"
+            if problem is not None:
+                bad += 1
+                fatal = bad >= self.config.bad_messages_max
+                self.send(session_id, w.Error(problem, fatal=fatal))
+                if fatal:
+                    self.close(session_id, CLOSE_POLICY, "too many malformed messages")
+                continue
+            assert event is not None
+            await self._post(event)
+
+    async def _writer(self, ws: WebSocket, conn: _Conn, scope: anyio.CancelScope) -> None:
+        try:
+            async for item in conn.recv:
+                if isinstance(item, _Close):
+                    await ws.close(item.code, item.reason[:120])
+                    break
+                await ws.send_bytes(item)
+            else:
+                await ws.close(CLOSE_OVERLOADED, "worker too slow to take its messages")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        scope.cancel()
+
+
+def _to_event(msg: w.WorkerMessage, sid: str) -> Event | None:
+    match msg:
+        case w.Result():
+            return ResultIn(0, 0, sid, msg.lease_id, bytes(msg.output), msg.digest)
+        case w.Progress():
+            return ProgressIn(0, 0, sid, msg.lease_id, msg.done, msg.total)
+        case w.Heartbeat():
+            return HeartbeatIn(0, 0, sid)
+        case w.Fail():
+            return FailIn(0, 0, sid, msg.lease_id, msg.error, msg.retryable)
+        case w.Hello():
+            return None

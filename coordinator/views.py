@@ -1,0 +1,40 @@
+"""Read-only views of the core's state, as the REST and live schema Structs."""
+
+from __future__ import annotations
+
+from coordinator.core.core import Core
+from coordinator.core.lifecycle import ChunkState
+from coordinator.core.state import Task
+from schema.rest import ChunkInfo, TaskInfo
+
+
+def task_info(task: Task) -> TaskInfo:
+    return TaskInfo(
+        id=task.id, name=task.name, owner=task.owner, state=task.state.label,  # type: ignore[arg-type]
+        chunks_total=task.chunks_total, chunks_pending=task.pending,
+        chunks_leased=task.leased, chunks_done=task.done, chunks_failed=task.failed,
+        items_total=task.items_total, items_done=task.items_done,
+        max_concurrency=task.max_concurrency, max_attempts=task.max_attempts,
+        chunk_size=task.chunk_size, requirements=list(task.requirements),
+        created_ms=task.created_ms, finished_ms=task.finished_ms,
+    )
+
+
+def chunk_infos(
+    core: Core, task: Task, offset: int, limit: int, workers: dict[int, str]
+) -> list[ChunkInfo]:
+    """Chunks ``offset .. offset+limit``; ``workers`` names who produced the done ones."""
+    out = []
+    for i in range(offset, min(task.chunks_total, offset + limit)):
+        state = ChunkState(task.chunk_state[i])
+        lease_id = task.lease_of_chunk.get(i)
+        worker = workers.get(i)
+        if lease_id is not None:
+            worker = core.leases[lease_id].worker_id
+        out.append(ChunkInfo(
+            index=i, state=state.label,  # type: ignore[arg-type]
+            attempts=task.failures.get(i, 0) + (1 if state in (ChunkState.LEASED,
+                                                             ChunkState.DONE) else 0),
+            worker=worker, lease_id=lease_id, error=task.last_error.get(i),
+        ))
+    return out
