@@ -1,0 +1,501 @@
+"""Parent side of a worker slot: one long-lived child process running customer code.
+
+``SlotRunner`` spawns ``python -m client.worker.child`` with a minimal environment, a private
+scratch directory as its working directory and HOME, and an output log file as its stderr. It
+sends each chunk as one frame and waits for the reply under the chunk's wall-clock deadline.
+
+Code switching: a child only ever loads one code digest. When ``run`` is called with a different
+digest the runner kills the child and starts a fresh one (about the cost of a Python start plus
+msgspec import), so one task's modules, monkeypatches and background threads never share a
+process with another task's data. Runs of the same digest reuse the warm child and its imported
+module. After a deadline, crash or protocol violation the child is killed (with its whole
+process group) and a fresh one is started before ``run`` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import cast
+
+import msgspec
+
+import client
+from client.worker.child import (
+    HEADER_BYTES,
+    REASON_CHARS_MAX,
+    ChildMsg,
+    Done,
+    Failed,
+    Init,
+    ParentMsg,
+    Progress,
+    Ready,
+    Run,
+)
+
+__all__ = ["ChildStartError", "ChunkFailed", "RunnerLimits", "SlotRunner"]
+
+START_TIMEOUT_S = 30.0  # spawn until Ready
+REAP_TIMEOUT_S = 5.0  # SIGKILL until the exit is observed
+FRAME_SLACK_BYTES = (64 << 10) + 4 * REASON_CHARS_MAX  # frame overhead on top of output_bytes_max
+
+_PROJECT_ROOT = str(Path(client.__file__).resolve().parent.parent)
+_DECODER = msgspec.msgpack.Decoder(ChildMsg)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class ChunkFailed(Exception):
+    """The chunk did not produce an output. ``retryable`` is False for deterministic code bugs."""
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class ChildStartError(RuntimeError):
+    """The child process could not be started or did not become ready."""
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    memory_bytes: int = 1 << 30  # RLIMIT_AS for the child
+    open_files: int = 256  # RLIMIT_NOFILE
+    file_size_bytes: int = 64 << 20  # RLIMIT_FSIZE (also caps one chunk's captured output)
+    cpu_seconds_backstop: int = 3600  # RLIMIT_CPU over the child's whole life; only a backstop
+    output_bytes_max: int = 16 << 20  # max size of a chunk's encoded output
+    log_bytes_max: int = 64 << 10  # customer stdout/stderr tail kept per failed chunk
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"RunnerLimits.{f.name} must be a positive int, got {value!r}")
+
+
+class _ChildProtocol(asyncio.SubprocessProtocol):
+    """Parses frames from the child's stdout into a small mailbox that ``run`` waits on.
+
+    The mailbox is bounded: at most one reply and the latest progress report.
+    """
+
+    def __init__(self, frame_bytes_max: int, exited: asyncio.Future[int]) -> None:
+        self._frame_bytes_max = frame_bytes_max
+        self._buf = bytearray()
+        self._wake: asyncio.Future[None] | None = None
+        self.exited = exited
+        self.reply: Ready | Done | Failed | None = None
+        self.progress: Progress | None = None
+        self.progress_done = 0  # the last done count passed to on_progress
+        self.violation: str | None = None
+        self.exit_code: int | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transport does not subclass asyncio.SubprocessTransport, but has its methods.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        if fd != 1 or self.violation is not None:
+            return
+        if self._buf:
+            self._buf += data
+            used = self._parse(self._buf)
+            del self._buf[:used]
+        else:
+            used = self._parse(data)
+            if used < len(data):
+                self._buf += memoryview(data)[used:]
+
+    def _parse(self, src: bytes | bytearray) -> int:
+        """Handle every complete frame in ``src``; return how many bytes were used."""
+        offset = 0
+        end = len(src)
+        with memoryview(src) as view:
+            while end - offset >= HEADER_BYTES and self.violation is None:
+                size = int.from_bytes(view[offset : offset + HEADER_BYTES], "big")
+                if size > self._frame_bytes_max:
+                    self._violate(f"a {size}-byte frame, over the {self._frame_bytes_max} limit")
+                    break
+                start = offset + HEADER_BYTES
+                if end - start < size:
+                    break
+                frame = bytes(view[start : start + size])
+                offset = start + size
+                try:
+                    msg = _DECODER.decode(frame)
+                except msgspec.DecodeError as exc:
+                    self._violate(f"a malformed frame ({exc})")
+                    break
+                self._deliver(msg)
+        return offset
+
+    def _deliver(self, msg: ChildMsg) -> None:
+        if isinstance(msg, Progress):
+            self.progress = msg
+        elif self.reply is not None:
+            self._violate("two replies to one request")
+        else:
+            self.reply = msg
+        self._wakeup()
+
+    def _violate(self, what: str) -> None:
+        self.violation = (
+            f"the worker child sent {what} on its protocol channel; customer code must not "
+            "write to the worker's private file descriptors"
+        )
+        self._wakeup()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and self.exit_code is None and self.violation is None:
+            # Usually the child is exiting and process_exited follows; if it lives on with its
+            # protocol channel closed, run() must not wait for the deadline.
+            asyncio.get_running_loop().call_later(1.0, self._lost_channel)
+
+    def _lost_channel(self) -> None:
+        if self.exit_code is None and self.violation is None:
+            self._violate("nothing: it closed its protocol channel")
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        code = self.transport.get_returncode()
+        self.exit_code = -1 if code is None else code
+        if not self.exited.done():
+            self.exited.set_result(self.exit_code)
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Return when the mailbox holds something or the child has gone."""
+        if self.reply or self.progress or self.violation or self.exit_code is not None:
+            return
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await self._wake
+        finally:
+            self._wake = None
+
+
+@dataclass(eq=False)
+class _Child:
+    transport: asyncio.SubprocessTransport
+    protocol: _ChildProtocol
+    stdin: asyncio.WriteTransport
+    pid: int
+    base_dir: Path
+    log_path: Path
+    layers: list[str] = field(default_factory=list)
+    digest: str | None = None
+
+    def send(self, msg: ParentMsg) -> None:
+        body = _ENCODER.encode(msg)
+        self.stdin.write(len(body).to_bytes(HEADER_BYTES, "big") + body)
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (it leads its own session)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+class _ChildLost(Exception):
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class SlotRunner:
+    """Runs chunks in one long-lived child process. One ``run`` at a time."""
+
+    def __init__(self, limits: RunnerLimits, python: str = sys.executable) -> None:
+        self._limits = limits
+        self._python = python
+        self._child: _Child | None = None
+        self._dying: list[_Child] = []  # killed, not yet reaped (only after a cancelled run)
+        self._busy = False
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def layers(self) -> list[str]:
+        """The sandbox layers the current child reported as active."""
+        return list(self._child.layers) if self._child is not None else []
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("SlotRunner is closed; create a new one")
+        await self._reap_dying()
+        if self._child is None:
+            self._child = await self._spawn()
+
+    async def close(self) -> None:
+        self._closed = True
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            self._dying.append(child)
+        await self._reap_dying()
+
+    async def run(
+        self,
+        code_dir: Path,
+        code_digest: str,
+        items: bytes,
+        deadline_s: float,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> bytes:
+        if self._busy:
+            raise RuntimeError("SlotRunner.run() is already running; use one runner per slot")
+        if not deadline_s > 0:
+            raise ValueError(f"deadline_s must be positive, got {deadline_s!r}")
+        self._busy = True
+        try:
+            return await self._run(code_dir, code_digest, items, deadline_s, on_progress)
+        finally:
+            self._busy = False
+
+    async def _run(
+        self,
+        code_dir: Path,
+        code_digest: str,
+        items: bytes,
+        deadline_s: float,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> bytes:
+        child = self._child
+        if child is not None and (
+            child.digest not in (None, code_digest) or child.protocol.exit_code is not None
+        ):
+            await self._replace_child()  # new code, or the child died between chunks
+        await self.start()
+        child = self._child
+        assert child is not None
+        child.digest = code_digest
+        child.protocol.progress = None
+        child.protocol.progress_done = 0
+        path = os.fspath(code_dir)
+        if not os.path.isabs(path):
+            path = os.path.abspath(path)  # the child runs in its own scratch directory
+        child.send(Run(path, code_digest, msgspec.Raw(items), on_progress is not None))
+        try:
+            async with asyncio.timeout(deadline_s) as scope:
+                reply = await self._await_reply(child, on_progress)
+        except TimeoutError:
+            if not scope.expired():
+                self._abandon_child()
+                raise
+            await self._replace_child()
+            raise ChunkFailed(
+                f"exceeded the {deadline_s:g} s chunk deadline; the worker child was killed "
+                "and restarted",
+                retryable=True,
+            ) from None
+        except _ChildLost as lost:
+            reason = self._with_output_tail(lost.reason, child)
+            await self._replace_child()
+            raise ChunkFailed(reason, lost.retryable) from None
+        except BaseException:  # cancelled, or on_progress raised: the child is out of step
+            self._abandon_child()
+            raise
+        if isinstance(reply, Failed):
+            raise ChunkFailed(self._with_output_tail(reply.reason, child), reply.retryable)
+        if on_progress is not None and reply.count > child.protocol.progress_done:
+            on_progress(reply.count, reply.count)
+        return bytes(reply.output)
+
+    async def _await_reply(
+        self, child: _Child, on_progress: Callable[[int, int], None] | None
+    ) -> Done | Failed:
+        proto = child.protocol
+        while True:
+            await proto.wait()
+            progress, proto.progress = proto.progress, None
+            if progress is not None and on_progress is not None:
+                proto.progress_done = progress.done
+                on_progress(progress.done, progress.total)
+            reply, proto.reply = proto.reply, None
+            if isinstance(reply, Done | Failed):
+                return reply
+            if reply is not None:
+                raise _ChildLost(f"the worker child sent an unexpected {reply!r}", False)
+            if proto.violation is not None:
+                raise _ChildLost(proto.violation, retryable=False)
+            if proto.exit_code is not None:
+                raise _ChildLost(self._describe_exit(proto.exit_code), retryable=True)
+
+    def _describe_exit(self, code: int) -> str:
+        if code >= 0:
+            return (
+                f"the worker child exited with exit code {code} during the chunk (customer code "
+                "called os._exit() or the interpreter aborted); it has been restarted"
+            )
+        hints = {
+            signal.SIGKILL: "by the customer code, another process, or the kernel's "
+            "out-of-memory killer",
+            signal.SIGXCPU: f"the child used up its CPU-time backstop of "
+            f"{self._limits.cpu_seconds_backstop} s",
+            signal.SIGSEGV: "usually a crash in native code",
+            signal.SIGXFSZ: f"a file grew past {self._limits.file_size_bytes} bytes",
+        }
+        try:
+            sig = signal.Signals(-code)
+        except ValueError:
+            name, hint = f"signal {-code}", None
+        else:
+            name, hint = sig.name, hints.get(sig)
+        return (
+            f"the worker child was killed by {name}"
+            + (f" ({hint})" if hint else "")
+            + " during the chunk; it has been restarted"
+        )
+
+    def _with_output_tail(self, reason: str, child: _Child, label: str = "customer output") -> str:
+        tail, dropped = _read_tail(child.log_path, self._limits.log_bytes_max)
+        if not tail:
+            return reason
+        note = ", earlier output dropped" if dropped else ""
+        return f"{reason}\n--- {label} (last {len(tail)} chars{note}) ---\n{tail}"
+
+    async def _spawn(self) -> _Child:
+        """Start a child and wait for its Ready; raise ChildStartError if it does not come."""
+        child = await self._launch()
+        lim = self._limits
+        child.send(
+            Init(
+                lim.memory_bytes,
+                lim.open_files,
+                lim.file_size_bytes,
+                lim.cpu_seconds_backstop,
+                lim.output_bytes_max,
+            )
+        )
+        proto = child.protocol
+        problem = f"it did not answer within {START_TIMEOUT_S:g} s"
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await proto.wait()
+                ready, proto.reply = proto.reply, None
+                if isinstance(ready, Ready):
+                    child.layers = list(ready.layers)
+                    return child
+                problem = proto.violation or (
+                    f"it exited with code {proto.exit_code}"
+                    if proto.exit_code is not None
+                    else f"it answered {ready or proto.progress!r}"
+                )
+        except TimeoutError:
+            pass
+        except BaseException:
+            self._dying.append(child)
+            await self._reap_dying()
+            raise
+        reason = self._with_output_tail(
+            f"the worker child did not become ready: {problem}", child, "worker child stderr"
+        )
+        self._dying.append(child)
+        await self._reap_dying()
+        raise ChildStartError(
+            f"{reason}\nCheck that {self._python} can import msgspec and the client package "
+            f"from {_PROJECT_ROOT}."
+        )
+
+    async def _launch(self) -> _Child:
+        loop = asyncio.get_running_loop()
+        base = Path(tempfile.mkdtemp(prefix="tn-slot-"))
+        work = base / "work"
+        work.mkdir()
+        log_path = base / "output.log"
+        frame_max = self._limits.output_bytes_max + FRAME_SLACK_BYTES
+        exited: asyncio.Future[int] = loop.create_future()
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ChildProtocol(frame_max, exited),
+                self._python,
+                "-s",  # no user site-packages
+                "-P",  # no script or cwd directory on sys.path
+                "-m",
+                "client.worker.child",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_fd,
+                cwd=work,
+                env=_child_env(work),
+                start_new_session=True,
+            )
+        except BaseException as exc:
+            shutil.rmtree(base, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise ChildStartError(
+                    f"could not start the worker child with {self._python!r}: {exc}"
+                ) from exc
+            raise
+        finally:
+            os.close(log_fd)
+        stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+        return _Child(transport, protocol, stdin, transport.get_pid(), base, log_path)
+
+    def _abandon_child(self) -> None:
+        """Kill the child without awaiting (safe under cancellation); reaped later."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            self._dying.append(child)
+
+    async def _replace_child(self) -> None:
+        self._abandon_child()
+        await self._reap_dying()
+        if self._closed:
+            return
+        try:
+            self._child = await self._spawn()
+        except ChildStartError:
+            self._child = None  # the next run() tries again and raises the start error
+
+    async def _reap_dying(self) -> None:
+        for child in list(self._dying):  # a snapshot: close() may run while run() reaps
+            child.kill()
+            await asyncio.wait({child.protocol.exited}, timeout=REAP_TIMEOUT_S)
+            child.transport.close()
+            if child in self._dying:
+                self._dying.remove(child)
+                await asyncio.to_thread(shutil.rmtree, child.base_dir, True)
+
+
+def _child_env(work: Path) -> dict[str, str]:
+    """A minimal environment: nothing from the parent's secrets (never TN_TOKEN)."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "PYTHONPATH": _PROJECT_ROOT,
+        "LANG": "C.UTF-8",
+        "HOME": str(work),
+        "TMPDIR": str(work),
+    }
+
+
+def _read_tail(path: Path, max_bytes: int) -> tuple[str, bool]:
+    """The last ``max_bytes`` of a file as text, and whether earlier bytes were dropped."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(max_bytes)
+    except OSError:
+        return "", False
+    return data.decode("utf-8", "replace").strip(), start > 0
