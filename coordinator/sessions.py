@@ -125,7 +125,7 @@ class WorkerSessions:
         try:
             await self._post(SessionHello(
                 0, 0, session_id, account_id, msg.worker_id, list(msg.capabilities),
-                msg.slots, list(msg.held_leases), msg.protocol, list(msg.sandbox),
+                msg.slots, list(msg.held_leases), msg.protocol, list(msg.sandbox), msg.prefetch,
             ))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, ws, conn, tg.cancel_scope)

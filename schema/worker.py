@@ -35,6 +35,7 @@ class Hello(_Msg, tag="hello", frozen=True):
     protocol: int = PROTOCOL_VERSION
     capabilities: Annotated[list[Capability], Meta(max_length=64)] = []
     slots: Annotated[int, Meta(ge=1, le=256)] = 1
+    prefetch: Annotated[int, Meta(ge=0, le=256)] = 0  # leases queued beyond the running ones
     held_leases: Annotated[list[LeaseId], Meta(max_length=1024)] = []
     sandbox: Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=32)] = []
 

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--slots", type=int, default=1, help="chunks run at once (default 1)")
     common.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="chunks queued beyond the running ones (default: --slots)",
+    )
+    common.add_argument(
         "--capability",
         "-c",
         action="append",
@@ -98,6 +104,7 @@ def connect(args: argparse.Namespace) -> int:
         token=args.token,
         worker_id=args.id,
         slots=args.slots,
+        prefetch=args.slots if args.prefetch is None else args.prefetch,
         capabilities=tuple(args.capability),
         cache_dir=args.cache_dir or Path.home() / ".cache" / "tn-worker",
         heartbeat_ms=int(args.heartbeat * 1000) if args.heartbeat else None,
@@ -174,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not 1 <= args.slots <= 256:
-        print("error: --slots must be from 1 to 256", file=sys.stderr)
+    if not 1 <= args.slots <= 256 or not 0 <= (args.prefetch or 0) <= 256:
+        print("error: --slots must be from 1 to 256 and --prefetch from 0 to 256", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     if args.command == "swarm":

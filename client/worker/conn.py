@@ -43,6 +43,7 @@ class WorkerOptions:
     token: str
     worker_id: str
     slots: int = 1
+    prefetch: int = 1  # chunks queued beyond the running ones (no idle gap between chunks)
     capabilities: tuple[str, ...] = ()
     cache_dir: Path = Path.home() / ".cache" / "tn-worker"
     heartbeat_ms: int | None = None  # default: what the coordinator asks for in welcome
@@ -69,6 +70,7 @@ class Worker:
         self.completed = 0
         self._queue_send, self._queue_recv = anyio.create_memory_object_stream[int](10_000)
         self._code_locks: dict[str, anyio.Lock] = {}
+        self._code_dirs: dict[str, Path] = {}
         self._progress_send, self._progress_recv = anyio.create_memory_object_stream[w.Progress](
             256
         )
@@ -99,7 +101,7 @@ class Worker:
         while True:
             try:
                 async with connect(
-                    url, max_size=self.opts.message_bytes_max, open_timeout=10
+                    url, max_size=self.opts.message_bytes_max, open_timeout=10, compression=None
                 ) as ws:
                     delay = 0.25
                     await self._session(ws)
@@ -126,6 +128,7 @@ class Worker:
                     self.opts.token,
                     capabilities=list(self.opts.capabilities),
                     slots=self.opts.slots,
+                    prefetch=self.opts.prefetch,
                     held_leases=held,
                     sandbox=self.layers,
                 )
@@ -219,6 +222,7 @@ class Worker:
 
     async def _run(self, runner: SlotRunner, job: Job) -> w.Result | w.Fail:
         a = job.assign
+        job.last_progress = time.monotonic()  # the first progress report comes 0.5 s in
         try:
             code_dir = await self._code(a.task_id, a.code_ref)
             deadline_s = a.deadline_ms / 1000 if a.deadline_ms else 300.0
@@ -238,13 +242,15 @@ class Worker:
             return w.Fail(a.lease_id, str(exc), True)
 
     async def _code(self, task_id: str, code_ref: str) -> Path:
-        dest = self.opts.cache_dir / "code" / code_ref
-        if (dest / "main.py").is_file():
+        dest = self._code_dirs.get(code_ref)
+        if dest is not None:
             return dest
+        dest = self.opts.cache_dir / "code" / code_ref
         lock = self._code_locks.setdefault(code_ref, anyio.Lock())
         async with lock:
             if not (dest / "main.py").is_file():
                 await anyio.to_thread.run_sync(self._fetch_code, task_id, dest)
+        self._code_dirs[code_ref] = dest
         return dest
 
     def _fetch_code(self, task_id: str, dest: Path) -> None:

@@ -190,7 +190,7 @@ class Core:
             self._closed(old, ev.at_ms)
         session = Session(
             ev.session_id, ev.account_id, ev.worker_id, caps, ev.slots, ev.at_ms,
-            sandbox=list(ev.sandbox),
+            sandbox=list(ev.sandbox), prefetch=ev.prefetch,
         )
         self.sessions[session.id] = session
         self.session_of_worker[key] = session.id

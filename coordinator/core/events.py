@@ -47,6 +47,7 @@ class SessionHello(Event, tag="hello", frozen=True):
     held_leases: list[int]
     protocol: int
     sandbox: list[str] = []
+    prefetch: int = 0
 
 
 class SessionClosed(Event, tag="closed", frozen=True):

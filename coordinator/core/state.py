@@ -91,14 +91,19 @@ class Session:
     last_seen_ms: int
     leases: set[int] = field(default_factory=set)
     sandbox: list[str] = field(default_factory=list)
+    prefetch: int = 0  # leases it may hold beyond its slots, so no slot idles between chunks
 
     @property
     def worker_key(self) -> str:
         return worker_key(self.account_id, self.worker_id)
 
     @property
+    def capacity(self) -> int:
+        return self.slots + self.prefetch
+
+    @property
     def free(self) -> int:
-        return self.slots - len(self.leases)
+        return self.capacity - len(self.leases)
 
 
 def worker_key(account_id: str, worker_id: str) -> str:
