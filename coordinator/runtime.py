@@ -94,7 +94,10 @@ class Runtime:
 
     async def enqueue(self, event: Event) -> None:
         """Queue an event, waiting for room (backpressure on the caller's connection)."""
-        await self._in_send.send((event, None))
+        try:
+            self._in_send.send_nowait((event, None))
+        except anyio.WouldBlock:
+            await self._in_send.send((event, None))
 
     async def call(self, event: Event) -> Reply:
         """Queue an event and wait until its effects are committed; returns its reply."""

@@ -8,6 +8,7 @@ rather than letting its queue grow.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,13 +210,19 @@ class WorkerSessions:
             await self._post(event)
 
     async def _writer(self, ws: WebSocket, conn: _Conn, scope: anyio.CancelScope) -> None:
+        recv = conn.recv
         try:
-            async for item in conn.recv:
+            while True:
+                try:  # the common case needs no checkpoint: something is already queued
+                    item = recv.receive_nowait()
+                except anyio.WouldBlock:
+                    item = await recv.receive()
                 if isinstance(item, _Close):
                     await ws.close(item.code, item.reason[:120])
                     break
                 await ws.send_bytes(item)
-            else:
+        except anyio.EndOfStream:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 await ws.close(CLOSE_OVERLOADED, "worker too slow to take its messages")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass

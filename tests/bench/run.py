@@ -1,0 +1,36 @@
+"""``make bench``: every benchmark, printed as a table against the targets of the design.
+
+Run on an otherwise idle machine; coordinator and workers share its cores.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from tests.bench import creation, failover, idle, throughput
+
+
+def main() -> None:
+    rows: list[tuple[str, str, str]] = []
+    for workers in (2, 4):
+        r = throughput.measure(workers, 2, 20_000)
+        rows.append((f"no-op chunks/s, {workers} workers x 2 slots",
+                     f"{r['chunks_per_s']:.0f}", ">= 5000 with 4 workers"))
+        rows.append((f"coordinator CPU per chunk, {workers} workers",
+                     f"{r['coordinator_cpu_us_per_chunk']:.0f} us", "< 150 us"))
+    kill = failover.measure(sig=signal.SIGKILL)
+    stop = failover.measure(sig=signal.SIGSTOP)
+    rows.append(("SIGKILL -> chunk reassigned", f"{max(kill):.2f} s (worst of 3)",
+                 "< 2 heartbeats (4 s)"))
+    rows.append(("silent (SIGSTOP) -> chunk reassigned", f"{max(stop):.2f} s (worst of 3)",
+                 "< 2 heartbeats (4 s)"))
+    rows.append(("1,000,000-chunk task created", f"{creation.measure():.2f} s", "< 10 s"))
+    _, rss, _ = idle.measure()
+    rows.append(("10,000 idle worker sessions, RSS", f"{rss / 2**20:.0f} MiB", "< 2048 MiB"))
+    width = max(len(r[0]) for r in rows)
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>22}   target {target}")
+
+
+if __name__ == "__main__":
+    main()
