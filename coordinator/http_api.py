@@ -77,7 +77,7 @@ class TaskApi:
             raise ApiError(413, f"the upload is {int(length)} bytes; the limit is "
                                 f"{self.config.request_bytes_max} (TN_REQUEST_BYTES_MAX)")
         limits = self.config.uploads
-        async with request.form(max_files=2, max_fields=4, max_part_size=1 << 20) as form:
+        async with request.form(max_files=3, max_fields=4, max_part_size=1 << 20) as form:
             code, data, spec_raw = form.get("code"), form.get("data"), form.get("spec")
             if not isinstance(code, UploadFile):
                 raise ApiError(400, "attach the code as a file part named 'code'", "code")
@@ -115,19 +115,27 @@ class TaskApi:
             task_info(t) for t in self.core.tasks.values()
             if account.role == "admin" or t.owner == account.id
         ]
+        await self.runtime.flushed()  # answer once what it shows is durable
         return json_response(TaskList(tasks))
 
     async def get(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
-        return json_response(task_info(self._own_task(account, request.path_params["task_id"])))
+        info = task_info(self._own_task(account, request.path_params["task_id"]))
+        await self.runtime.flushed()  # answer once what it shows is durable
+        return json_response(info)
 
     async def chunks(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
         task = self._own_task(account, request.path_params["task_id"])
         offset = _int_param(request, "offset", 0, 0, task.chunks_total)
         limit = _int_param(request, "limit", 100, 1, 1000)
+        page = chunk_infos(self.core, task, offset, limit)
+        await self.runtime.flushed()  # answer once what it shows is durable
         workers = await self.store.chunk_workers(task.id, offset, offset + limit)
-        page = chunk_infos(self.core, task, offset, limit, workers)
+        page = [
+            msgspec.structs.replace(c, worker=workers.get(c.index))
+            if c.state == "done" else c for c in page
+        ]
         nxt = offset + limit if offset + limit < task.chunks_total else None
         return json_response(ChunkPage(page, nxt))
 

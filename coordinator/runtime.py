@@ -50,6 +50,10 @@ class _Waiter:
     reply: Reply | None = None
 
 
+# one core turn: its effects, the events with waiters, and the last event id it handled
+_Turn = tuple[list[fx.Effect], list[int], int]
+
+
 class Outbox:
     """Where effects go after their commit (implemented by the app's adapters)."""
 
@@ -81,10 +85,12 @@ class Runtime:
         self._in_send, self._in_recv = anyio.create_memory_object_stream[
             tuple[Event, _Waiter | None]
         ](queue_max)
-        send, recv = anyio.create_memory_object_stream[tuple[list[fx.Effect], list[int]]](64)
-        self._commit_send: MemoryObjectSendStream[tuple[list[fx.Effect], list[int]]] = send
-        self._commit_recv: MemoryObjectReceiveStream[tuple[list[fx.Effect], list[int]]] = recv
+        send, recv = anyio.create_memory_object_stream[_Turn](64)
+        self._commit_send: MemoryObjectSendStream[_Turn] = send
+        self._commit_recv: MemoryObjectReceiveStream[_Turn] = recv
         self.events_handled = 0
+        self._committed = 0  # the last event whose effects are committed and dispatched
+        self._flush_waiters: list[tuple[int, anyio.Event]] = []
 
     # ---- submitting events ------------------------------------------------------------
 
@@ -107,8 +113,14 @@ class Runtime:
         return waiter.reply or Reply(ok=True)
 
     async def flushed(self) -> None:
-        """Wait until everything handled before this call is committed."""
-        await self.call(Tick(0, 0))
+        """Wait until every event handled before this call is committed, so what a reader
+        then sees of the core's state is durable."""
+        target = self._eid
+        if self._committed >= target:
+            return
+        done = anyio.Event()
+        self._flush_waiters.append((target, done))
+        await done.wait()
 
     def _stamp(self, event: Event) -> Event:
         self._eid += 1
@@ -147,7 +159,7 @@ class Runtime:
                     self.on_event(event)
                 effects.extend(self.core.handle(event))
             self.events_handled += len(batch)
-            await self._commit_send.send((effects, waited))
+            await self._commit_send.send((effects, waited, self._eid))
 
     async def _commit_loop(self) -> None:
         recv = self._commit_recv
@@ -158,11 +170,13 @@ class Runtime:
                     turns.append(recv.receive_nowait())
                 except anyio.WouldBlock:
                     break
-            persist = [e for effects, _ in turns for e in effects if isinstance(e, fx.PERSISTENT)]
+            persist = [
+                e for effects, _, _ in turns for e in effects if isinstance(e, fx.PERSISTENT)
+            ]
             if persist:
                 with anyio.CancelScope(shield=True):
                     await self.store.apply(persist)
-            for effects, waited in turns:
+            for effects, waited, _ in turns:
                 for e in effects:
                     if isinstance(e, fx.Reply):
                         w = self._waiters.get(e.cause)
@@ -174,3 +188,12 @@ class Runtime:
                     w = self._waiters.pop(eid, None)
                     if w is not None:
                         w.done.set()
+            self._committed = turns[-1][2]
+            if self._flush_waiters:
+                still = []
+                for target, done in self._flush_waiters:
+                    if target <= self._committed:
+                        done.set()
+                    else:
+                        still.append((target, done))
+                self._flush_waiters = still

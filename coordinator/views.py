@@ -20,17 +20,14 @@ def task_info(task: Task) -> TaskInfo:
     )
 
 
-def chunk_infos(
-    core: Core, task: Task, offset: int, limit: int, workers: dict[int, str]
-) -> list[ChunkInfo]:
-    """Chunks ``offset .. offset+limit``; ``workers`` names who produced the done ones."""
+def chunk_infos(core: Core, task: Task, offset: int, limit: int) -> list[ChunkInfo]:
+    """Chunks ``offset .. offset+limit``; who produced a done chunk is in the store, not
+    here (the caller fills it in)."""
     out = []
     for i in range(offset, min(task.chunks_total, offset + limit)):
         state = ChunkState(task.chunk_state[i])
         lease_id = task.lease_of_chunk.get(i)
-        worker = workers.get(i)
-        if lease_id is not None:
-            worker = core.leases[lease_id].worker_id
+        worker = None if lease_id is None else core.leases[lease_id].worker_id
         out.append(ChunkInfo(
             index=i, state=state.label,  # type: ignore[arg-type]
             attempts=task.failures.get(i, 0) + (1 if state in (ChunkState.LEASED,

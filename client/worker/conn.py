@@ -108,16 +108,26 @@ class Worker:
             except FatalError:
                 raise
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                self.on_event(
-                    f"connection lost ({exc.__class__.__name__}: {exc}); "
-                    f"reconnecting in {delay:.1f}s"
-                )
+                self._lost(exc, delay)
+            except BaseExceptionGroup as group:  # from the session's task group
+                fatal, _ = group.split(FatalError)
+                if fatal is not None:
+                    raise fatal.exceptions[0] from None
+                lost, other = group.split((OSError, ConnectionClosed, TimeoutError))
+                if other is not None or lost is None:
+                    raise
+                self._lost(lost.exceptions[0], delay)
             except InvalidURI as exc:
                 raise FatalError(f"bad --url {self.opts.url!r}: {exc}") from None
             finally:
                 self.ws = None
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.opts.backoff_max_s)
+
+    def _lost(self, exc: BaseException, delay: float) -> None:
+        self.on_event(
+            f"connection lost ({exc.__class__.__name__}: {exc}); reconnecting in {delay:.1f}s"
+        )
 
     async def _session(self, ws: ClientConnection) -> None:
         held = list(self.jobs)

@@ -100,7 +100,8 @@ class Scheduler:
     def _next_chunk(self, task: Task, session: Session) -> int | None:
         key = session.worker_key
         for i, chunk in enumerate(task.requeue):
-            if key not in task.failed_on.get(chunk, ()) or not self._someone_else(task, key):
+            failed_on = task.failed_on.get(chunk, ())
+            if key not in failed_on or not self._someone_fresh(task, failed_on):
                 del task.requeue[i]
                 return chunk
         states = task.chunk_state
@@ -110,10 +111,12 @@ class Scheduler:
                 return task.cursor - 1
         return None
 
-    def _someone_else(self, task: Task, key: str) -> bool:
-        """Is another live, capable worker there to retry a chunk this worker failed?"""
+    def _someone_fresh(self, task: Task, failed_on: set[str] | tuple[()]) -> bool:
+        """Is a live, capable worker there that has not failed this chunk yet? If not, a
+        worker that failed it may retry it rather than leave it pending forever."""
         return any(
-            s.worker_key != key and self._matches(s, task) for s in self.core.sessions.values()
+            s.worker_key not in failed_on and self._matches(s, task)
+            for s in self.core.sessions.values()
         )
 
     def _grant(self, task: Task, chunk: int, session: Session, now: int) -> None:
