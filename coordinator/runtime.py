@@ -23,7 +23,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from coordinator.core import effects as fx
 from coordinator.core.core import Core
-from coordinator.core.events import Event, Tick
+from coordinator.core.events import EpochStarted, Event, Tick
+
+EPOCH_REFILL_AT = 1 << 30  # lease ids left in the epoch when a new one is asked for
 from coordinator.store.sqlite import SqliteStore
 
 
@@ -159,6 +161,8 @@ class Runtime:
                     self.on_event(event)
                 effects.extend(self.core.handle(event))
             self.events_handled += len(batch)
+            if self.core.lease_ids_left < EPOCH_REFILL_AT:
+                self.post(EpochStarted(0, 0, await self.store.next_epoch()))
             await self._commit_send.send((effects, waited, self._eid))
 
     async def _commit_loop(self) -> None:

@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-_REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=|!=|==|=|>|<)?\s*(.*?)\s*$")
+_REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:(>=|<=|!=|==|=|>|<)\s*(.*?))?\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-Key = tuple[int, float | tuple[int, ...] | str]
-
 
 class RequirementError(ValueError):
     pass
@@ -40,7 +37,7 @@ def parse_requirement(raw: str) -> tuple[str, str | None, str]:
             f"requirement {raw!r} is not of the form name, name=value or name>=value"
         )
     op = m.group(2)
-    return m.group(1), ("=" if op == "==" else op), m.group(3)
+    return m.group(1), ("=" if op == "==" else op), m.group(3) or ""
 
 
 def validate_requirements(reqs: Iterable[str]) -> None:
@@ -48,14 +45,18 @@ def validate_requirements(reqs: Iterable[str]) -> None:
         parse_requirement(r)
 
 
-def _key(value: str) -> Key:
-    # dotted numbers are versions (python=3.9 < 3.10); other numbers compare as numbers
-    if re.fullmatch(r"\d+(\.\d+)+", value):
-        return (1, tuple(int(p) for p in value.split(".")))
+_VERSION = re.compile(r"\d+(\.\d+)+")
+
+
+def _key(a: str, b: str) -> tuple[float | tuple[int, ...] | str, float | tuple[int, ...] | str]:
+    """Comparable forms of two values: versions when both are dotted numbers (3.9 < 3.10),
+    numbers when both are numbers (15.5 >= 8), else text."""
+    if _VERSION.fullmatch(a) and _VERSION.fullmatch(b):
+        return tuple(int(p) for p in a.split(".")), tuple(int(p) for p in b.split("."))
     try:
-        return (0, float(value))
+        return float(a), float(b)
     except ValueError:
-        return (2, value)
+        return a, b
 
 
 def satisfies(caps: dict[str, str], requirement: str) -> bool:
@@ -65,19 +66,18 @@ def satisfies(caps: dict[str, str], requirement: str) -> bool:
         return False
     if op is None:
         return True
-    a, b = _key(have), _key(want)
+    a, b = _key(have, want)
     if op in ("=", "!="):
-        equal = a == b if a[0] == b[0] else have == want
-        return equal if op == "=" else not equal
-    if a[0] != b[0]:
-        return False
+        return (a == b) == (op == "=")
+    if type(a) is not type(b) or isinstance(a, str):
+        return False  # order needs numbers or versions on both sides
     if op == ">=":
-        return a[1] >= b[1]  # type: ignore[operator]
+        return a >= b  # type: ignore[operator]
     if op == "<=":
-        return a[1] <= b[1]  # type: ignore[operator]
+        return a <= b  # type: ignore[operator]
     if op == ">":
-        return a[1] > b[1]  # type: ignore[operator]
-    return a[1] < b[1]  # type: ignore[operator]
+        return a > b  # type: ignore[operator]
+    return a < b  # type: ignore[operator]
 
 
 def unmet(caps: dict[str, str], requirements: Iterable[str]) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from coordinator.core import effects as fx
 from coordinator.core.capabilities import RequirementError, parse_capabilities
 from coordinator.core.events import (
+    EpochStarted,
     Event,
     FailIn,
     HeartbeatIn,
@@ -44,6 +45,7 @@ from schema.worker import (
     Welcome,
 )
 
+LEASES_PER_EPOCH = 1 << 32
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4001
@@ -66,6 +68,7 @@ class Core:
         self.leases: dict[int, Lease] = {}
         self.sessions: dict[str, Session] = {}
         self.session_of_worker: dict[str, str] = {}
+        self.orphans: dict[str, set[int]] = {}  # worker key -> leases awaiting its resume
         self.recent_accepted: OrderedDict[int, str] = OrderedDict()  # lease -> worker key
         self.sched = Scheduler(self)
         self._out: list[fx.Effect] = []
@@ -95,6 +98,9 @@ class Core:
                 self._submit(event)
             case TaskCancel():
                 self._cancel(event)
+            case EpochStarted():
+                assert event.epoch > self.epoch, "epochs only grow"
+                self.epoch, self._next_lease = event.epoch, 0
             case _:
                 raise AssertionError(f"unhandled event {event!r}")
         out, self._out = self._out, []
@@ -111,8 +117,16 @@ class Core:
         self.emit(fx.Send(self._cause, session_id, message))
 
     def new_lease_id(self) -> int:
+        """Lease ids are ``epoch << 32 | n``: unique across restarts, and exact as JSON
+        numbers in a browser (below 2**53) for two million epochs. The runtime starts a new
+        epoch (``EpochStarted``) long before ``n`` runs out."""
         self._next_lease += 1
+        assert self._next_lease < LEASES_PER_EPOCH, "lease ids of this epoch ran out"
         return (self.epoch << 32) | self._next_lease
+
+    @property
+    def lease_ids_left(self) -> int:
+        return LEASES_PER_EPOCH - 1 - self._next_lease
 
     # ---- tasks ------------------------------------------------------------------------
 
@@ -195,20 +209,20 @@ class Core:
         self.sessions[session.id] = session
         self.session_of_worker[key] = session.id
         resumed, dropped = [], []
-        held = set(ev.held_leases)
-        for lease_id in ev.held_leases:
-            lease = self.leases.get(lease_id)
-            if lease is not None and lease.worker_key == key and lease.session_id is None:
+        orphans = self.orphans.pop(key, set())
+        for lease_id in dict.fromkeys(ev.held_leases):  # once each, in order
+            if lease_id in orphans and session.free > 0:
+                lease = self.leases[lease_id]
                 lease.session_id = session.id
                 lease.orphaned_until_ms = 0
                 session.leases.add(lease_id)
+                orphans.discard(lease_id)
                 resumed.append(lease_id)
             elif lease_id not in self.recent_accepted:
                 dropped.append(lease_id)
-        # orphans of this worker that it no longer holds go back to the queue now
-        for lease in [x for x in self.leases.values() if x.worker_key == key]:
-            if lease.session_id is None and lease.id not in held:
-                self._drop_lease(lease, ChunkState.PENDING, ev.at_ms)
+        # orphans it no longer holds (or has no room for) go back to the queue now
+        for lease_id in sorted(orphans):
+            self._drop_lease(self.leases[lease_id], ChunkState.PENDING, ev.at_ms)
         self.send(session.id, Welcome(
             session.id, self.config.heartbeat_ms, self.config.lease_ms, resumed, dropped,
         ))
@@ -228,10 +242,11 @@ class Core:
         self.sched.session_gone(session)
         if self.session_of_worker.get(session.worker_key) == session_id:
             del self.session_of_worker[session.worker_key]
-        for lease_id in session.leases:
+        for lease_id in sorted(session.leases):
             lease = self.leases[lease_id]
             lease.session_id = None
             lease.orphaned_until_ms = now + self.config.disconnect_grace_ms
+            self.orphans.setdefault(lease.worker_key, set()).add(lease_id)
         session.leases.clear()
 
     def _tick(self, now: int) -> None:
@@ -298,6 +313,7 @@ class Core:
                 False, ev.at_ms,
             )
             self.send(ev.session_id, Rejected(lease.id, "result does not match the chunk"))
+            self.sched.fill_session_id(ev.session_id, ev.at_ms)
             return
         self.emit(fx.PersistResult(
             ev.eid, task.id, lease.chunk, lease.id, lease.account_id, lease.worker_id,
@@ -340,6 +356,12 @@ class Core:
     def _drop_lease(self, lease: Lease, to: ChunkState, now: int) -> None:
         """End a lease: the chunk moves to ``to`` (PENDING re-queues it)."""
         del self.leases[lease.id]
+        if lease.session_id is None:
+            orphans = self.orphans.get(lease.worker_key)
+            if orphans is not None:
+                orphans.discard(lease.id)
+                if not orphans:
+                    del self.orphans[lease.worker_key]
         task = self.tasks[lease.task_id]
         del task.lease_of_chunk[lease.chunk]
         task.leased -= 1

@@ -19,6 +19,12 @@ class Tick(Event, tag="tick", frozen=True):
     """The clock moved; expire leases and sessions that went silent."""
 
 
+class EpochStarted(Event, tag="epoch", frozen=True):
+    """A new epoch for lease ids (the store handed it out; it is larger than any before)."""
+
+    epoch: int
+
+
 class TaskSubmitted(Event, tag="task_submitted", frozen=True):
     task_id: str
     owner: str
@@ -82,6 +88,7 @@ class FailIn(Event, tag="fail", frozen=True):
 
 AnyEvent = (
     Tick
+    | EpochStarted
     | TaskSubmitted
     | TaskCancel
     | SessionHello
