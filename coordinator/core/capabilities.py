@@ -1,7 +1,7 @@
 """Capability matching: workers declare ``name`` or ``name=value``; tasks require
 ``name``, ``name=value``, ``name!=value``, ``name>=value``, ``name<=value``, ``name>value``
 or ``name<value``. Dotted numbers compare as versions (3.9 < 3.10), other numbers as
-numbers, the rest as text.
+numbers; other values only match with ``=`` and ``!=``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def parse_capabilities(declared: Iterable[str]) -> dict[str, str]:
 
 def parse_requirement(raw: str) -> tuple[str, str | None, str]:
     m = _REQ.match(raw)
-    if m is None or (m.group(2) is not None and m.group(3) == ""):
+    if m is None or (m.group(2) is not None and (m.group(3) == "" or m.group(3)[0] in "<>=!")):
         raise RequirementError(
             f"requirement {raw!r} is not of the form name, name=value or name>=value"
         )

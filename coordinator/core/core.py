@@ -149,6 +149,9 @@ class Core:
         ))
         self.emit(fx.Reply(ev.eid, ok=True))
         self.emit(fx.TaskChanged(ev.eid, task.id))
+        if task.finished:  # no chunks at all: nothing to wait for
+            self._finish(task, TaskState.COMPLETED, ev.at_ms)
+            return
         self.sched.task_runnable(task)
         self.sched.fill_all(ev.at_ms)
 

@@ -35,6 +35,8 @@ class Scheduler:
 
     def task_stopped(self, task: Task) -> None:
         self.runnable.pop(task.id, None)
+        for key in [k for k in self._match if k[1] == task.id]:
+            del self._match[key]
 
     def session_free(self, session: Session) -> None:
         if session.free > 0 and session.id in self.core.sessions:
@@ -121,11 +123,16 @@ class Scheduler:
 
     def _grant(self, task: Task, chunk: int, session: Session, now: int) -> None:
         core = self.core
+        # A prefetched chunk waits for a slot: it starts, at the latest, once every lease
+        # ahead of it has reached its own deadline, and its timeout runs from then.
+        starts_by = now
+        if len(session.leases) >= session.slots:
+            starts_by = max(core.leases[i].deadline_ms for i in session.leases)
         lease = Lease(
             id=core.new_lease_id(), task_id=task.id, chunk=chunk, session_id=session.id,
             worker_key=session.worker_key, account_id=session.account_id,
             worker_id=session.worker_id, started_ms=now,
-            deadline_ms=now + task.chunk_timeout_ms + core.config.lease_ms,
+            deadline_ms=starts_by + task.chunk_timeout_ms + core.config.lease_ms,
         )
         core.leases[lease.id] = lease
         task.lease_of_chunk[chunk] = lease.id

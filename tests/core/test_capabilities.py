@@ -129,3 +129,9 @@ def test_decimal_and_integer_values_compare(have: str, requirement: str) -> None
 )
 def test_mixed_values(have: str, requirement: str, expected: bool) -> None:
     assert satisfies({"v": have}, requirement) is expected
+
+
+@pytest.mark.parametrize("raw", ["mem_gb>>8", "gpu=>1", "python==>3"])
+def test_doubled_operators_are_refused(raw: str) -> None:
+    with pytest.raises(RequirementError):
+        parse_requirement(raw)

@@ -472,12 +472,6 @@ def test_prefetch_leases_beyond_the_slots(core: Core) -> None:
     assert assigns(step(core, result(3, 10, "s1", lid(1)))) == [("s1", "t1", 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduling.py _grant: deadline_ms = now + chunk_timeout_ms + lease_ms from the "
-    "grant, but a prefetched chunk starts only when a slot frees, so a healthy worker's "
-    "queued chunk is revoked and counted as a failed attempt",
-)
 def test_prefetched_chunk_is_not_revoked_while_within_its_own_timeout(core: Core) -> None:
     step(core, submit(1, 0, items=4, chunk_size=1, chunk_timeout_ms=10_000))
     step(core, hello(2, 0, "s1", slots=1, prefetch=1))  # chunk 0 runs, chunk 1 waits
@@ -797,3 +791,9 @@ def test_check_invariants_catches(corrupt: str) -> None:
     CORRUPTIONS[corrupt](core)
     with pytest.raises(AssertionError):
         check_invariants(core)
+
+
+def test_a_task_without_chunks_completes_at_once(core: Core) -> None:
+    effects = step(core, submit(1, 0, items=0, chunk_size=1))
+    assert core.tasks["t1"].state is TaskState.COMPLETED
+    assert any(isinstance(e, fx.PersistTaskState) and e.state == "completed" for e in effects)
