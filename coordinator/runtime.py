@@ -24,9 +24,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from coordinator.core import effects as fx
 from coordinator.core.core import Core
 from coordinator.core.events import EpochStarted, Event, Tick
+from coordinator.store.sqlite import SqliteStore
 
 EPOCH_REFILL_AT = 1 << 30  # lease ids left in the epoch when a new one is asked for
-from coordinator.store.sqlite import SqliteStore
 
 
 class Clock:
