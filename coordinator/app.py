@@ -93,6 +93,7 @@ def create_app(config: Config) -> Starlette:
         async for task, done, failed, failures in store.load_tasks():
             core.restore_task(task, done, failed, failures)
         core.restore_accepted(await store.recent_accepted(config.core.recent_accepted_max))
+        core.restore_money(*await store.load_money())
         artifacts.sweep(set(core.tasks))
         runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
                           batch_max=config.commit_batch_max)

@@ -33,6 +33,15 @@ class Config:
     session_queue_max: int = 4096  # outbound messages buffered per worker session
     live_queue_max: int = 256  # outbound frames buffered per live subscriber; then dropped
     live_flush_ms: int = 100  # live updates are coalesced to at most one per this period
+    # money
+    platform_fee_bps: int = 1000  # fee per accepted chunk, basis points (PLATFORM_FEE_PERCENT)
+    wallet_sandbox_enabled: bool = True  # direct deposits/withdrawals (env WALLET_SANDBOX_ENABLED)
+    dev_initial_wallet: int = 0  # credits a new account starts with in sandbox mode
+    money_amount_max: int = 10**12  # the largest amount any request may name
+    stripe_secret_key: str = ""  # env STRIPE_SECRET_KEY
+    stripe_webhook_secret: str = ""  # env STRIPE_WEBHOOK_SECRET
+    stripe_api_base: str = ""  # env STRIPE_API_BASE: a stand-in server for tests
+    public_url: str = ""  # where Stripe Checkout sends the browser back (env TN_PUBLIC_URL)
     # persistence
     commit_batch_max: int = 4096  # events handled per turn before a group commit
     # uploads
@@ -45,11 +54,49 @@ class Config:
             heartbeat_ms=self.heartbeat_ms,
             lease_ms=self.lease_ms,
             disconnect_grace_ms=self.disconnect_grace_ms,
+            fee_bps=self.platform_fee_bps,
         )
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return bool(self.stripe_secret_key and self.stripe_webhook_secret)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "coordinator.sqlite3"
+
+
+def percent_to_bps(raw: str) -> int:
+    """'2.5' -> 250, exactly (no floats); at most two decimals, from 0 to 100."""
+    whole, _, frac = raw.strip().partition(".")
+    if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
+        raise ValueError(f"{raw!r} is not a percentage with at most two decimals")
+    bps = int(whole) * 100 + int(frac.ljust(2, "0") or "0")
+    if bps > 10_000:
+        raise ValueError(f"{raw!r} is over 100 %")
+    return bps
+
+
+def _plain_env(env: dict[str, str]) -> dict[str, object]:
+    """The variables the product documents without the TN_ prefix."""
+    out: dict[str, object] = {}
+    try:
+        if "PLATFORM_FEE_PERCENT" in env:
+            out["platform_fee_bps"] = percent_to_bps(env["PLATFORM_FEE_PERCENT"])
+        if "DEV_INITIAL_WALLET" in env:
+            value = int(env["DEV_INITIAL_WALLET"])
+            if value < 0:
+                raise ValueError("must not be negative")
+            out["dev_initial_wallet"] = value
+    except ValueError as exc:
+        raise SystemExit(f"bad PLATFORM_FEE_PERCENT or DEV_INITIAL_WALLET: {exc}") from None
+    if "WALLET_SANDBOX_ENABLED" in env:
+        out["wallet_sandbox_enabled"] = env["WALLET_SANDBOX_ENABLED"].strip().lower() in (
+            "1", "true", "yes", "on")
+    for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE"):
+        if env.get(name):
+            out[name.lower()] = env[name]
+    return out
 
 
 def from_env(base: Config, env: dict[str, str] | None = None) -> Config:
@@ -75,6 +122,7 @@ def from_env(base: Config, env: dict[str, str] | None = None) -> Config:
                 f"TN_{f.name.upper()}={raw!r} is not a valid {type(current).__name__}; "
                 "fix or unset it"
             ) from None
+    changes.update(_plain_env(env))
     uploads = base.uploads
     for f in dataclasses.fields(uploads):
         raw = env.get(f"TN_{f.name.upper()}")

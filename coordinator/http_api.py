@@ -86,6 +86,10 @@ class TaskApi:
             code_name, code_bytes = code.filename or "", await code.read()
             data_name, data_bytes = data.filename or "", await data.read()
         spec = _parse_spec(spec_raw)
+        for name in ("budget", "price_per_chunk", "max_spend_per_minute"):
+            if getattr(spec, name) > self.config.money_amount_max:
+                raise ApiError(400, f"{name} is over the {self.config.money_amount_max}-credit "
+                                    "limit (TN_MONEY_AMOUNT_MAX)", "spec")
         task_id = "t_" + secrets.token_hex(8)
         arts = self.artifacts(task_id)
 
@@ -102,7 +106,8 @@ class TaskApi:
         reply = await self.runtime.call(TaskSubmitted(
             0, 0, task_id, account.id, spec.name, chunks, items_total, spec.chunk_size,
             spec.max_concurrency, spec.max_attempts, spec.chunk_timeout_ms,
-            list(spec.requirements), code_ref,
+            list(spec.requirements), code_ref, spec.price_per_chunk, spec.budget,
+            spec.max_spend_per_minute,
         ))
         if not reply.ok:
             arts.remove()
@@ -112,7 +117,7 @@ class TaskApi:
     async def list(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
         tasks = [
-            task_info(t) for t in self.core.tasks.values()
+            task_info(self.core, t) for t in self.core.tasks.values()
             if account.role == "admin" or t.owner == account.id
         ]
         await self.runtime.flushed()  # answer once what it shows is durable
@@ -120,7 +125,7 @@ class TaskApi:
 
     async def get(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
-        info = task_info(self._own_task(account, request.path_params["task_id"]))
+        info = task_info(self.core, self._own_task(account, request.path_params["task_id"]))
         await self.runtime.flushed()  # answer once what it shows is durable
         return json_response(info)
 
@@ -145,7 +150,7 @@ class TaskApi:
         reply = await self.runtime.call(TaskCancel(0, 0, task.id))
         if not reply.ok:
             raise ApiError(reply.status, reply.error)
-        return json_response(task_info(task))
+        return json_response(task_info(self.core, task))
 
     async def code(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts)

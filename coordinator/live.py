@@ -51,7 +51,7 @@ class Hub:
 
     def frame(self, task_id: str) -> bytes | None:
         task = self.core.tasks.get(task_id)
-        return None if task is None else ENCODER.encode(lv.TaskUpdate(task_info(task)))
+        return None if task is None else ENCODER.encode(lv.TaskUpdate(task_info(self.core, task)))
 
     async def flusher(self) -> None:
         while True:
@@ -71,7 +71,7 @@ class Hub:
             )
             if not subs:
                 continue
-            frame = ENCODER.encode(lv.TaskUpdate(task_info(task)))
+            frame = ENCODER.encode(lv.TaskUpdate(task_info(self.core, task)))
             for sub in subs:
                 sub.push(frame)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from coordinator.core.core import Core
-from coordinator.core.lifecycle import ChunkState
+from coordinator.core.lifecycle import ChunkState, TaskState
 from coordinator.core.state import Task
 from schema.rest import ChunkInfo, TaskInfo
 
 
-def task_info(task: Task) -> TaskInfo:
+def task_info(core: Core, task: Task) -> TaskInfo:
+    treasury = core.treasury
+    burn, chunks_per_min = treasury.last_minute(task, core.now)
+    left = task.pending + task.leased
+    running = task.state is TaskState.RUNNING
+    needs = treasury.needs(task) if running else 0
     return TaskInfo(
         id=task.id, name=task.name, owner=task.owner, state=task.state.label,  # type: ignore[arg-type]
         chunks_total=task.chunks_total, chunks_pending=task.pending,
@@ -17,6 +22,14 @@ def task_info(task: Task) -> TaskInfo:
         max_concurrency=task.max_concurrency, max_attempts=task.max_attempts,
         chunk_size=task.chunk_size, requirements=list(task.requirements),
         created_ms=task.created_ms, finished_ms=task.finished_ms,
+        price_per_chunk=task.price, budget=task.budget, spent=task.spent,
+        reserved=treasury.reserved(task), remaining=max(0, treasury.available(task)),
+        funds_needed=needs,
+        needs_funds=running and task.pending > 0 and task.price > 0
+        and treasury.available(task) < task.price,
+        burn_per_minute=burn, chunks_per_minute=chunks_per_min,
+        eta_ms=(left * 60_000 // chunks_per_min) if running and chunks_per_min else None,
+        cost_to_finish=left * task.price, max_spend_per_minute=task.max_spend_per_minute,
     )
 
 

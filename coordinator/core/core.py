@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from coordinator.core import effects as fx
 from coordinator.core.capabilities import RequirementError, parse_capabilities
 from coordinator.core.events import (
+    Deposit,
     EpochStarted,
     Event,
     FailIn,
@@ -22,9 +23,13 @@ from coordinator.core.events import (
     SessionClosed,
     SessionHello,
     TaskCancel,
+    TaskFund,
     TaskSubmitted,
     Tick,
+    Withdraw,
+    WithdrawalDecision,
 )
+from coordinator.core.ledger import InsufficientFunds, wallet
 from coordinator.core.lifecycle import (
     TERMINAL_TASK_STATES,
     ChunkState,
@@ -35,6 +40,7 @@ from coordinator.core.lifecycle import (
 from coordinator.core.msgpack_peek import array_length
 from coordinator.core.scheduling import Scheduler
 from coordinator.core.state import Lease, Session, Task, worker_key
+from coordinator.core.treasury import Treasury, Withdrawal
 from schema.worker import (
     PROTOCOL_VERSION,
     Accepted,
@@ -45,7 +51,7 @@ from schema.worker import (
     Welcome,
 )
 
-LEASES_PER_EPOCH = 1 << 32
+IDS_PER_EPOCH = 1 << 32
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4000
 CLOSE_SILENT = 4001
@@ -57,13 +63,15 @@ class CoreConfig:
     lease_ms: int = 3500  # a session silent this long is dead; its leases return to the queue
     disconnect_grace_ms: int = 1000  # a dropped session's leases wait this long for a resume
     recent_accepted_max: int = 65536  # accepted leases remembered for idempotent re-sends
+    fee_bps: int = 1000  # the platform's fee per accepted chunk, in basis points (10 %)
 
 
 class Core:
     def __init__(self, config: CoreConfig, epoch: int) -> None:
         self.config = config
         self.epoch = epoch
-        self._next_lease = 0
+        self._next_id = 0  # lease and transfer ids: epoch << 32 | n
+        self.now = 0  # the time of the event being handled
         self.tasks: dict[str, Task] = {}
         self.leases: dict[int, Lease] = {}
         self.sessions: dict[str, Session] = {}
@@ -71,6 +79,7 @@ class Core:
         self.orphans: dict[str, set[int]] = {}  # worker key -> leases awaiting its resume
         self.recent_accepted: OrderedDict[int, str] = OrderedDict()  # lease -> worker key
         self.sched = Scheduler(self)
+        self.treasury = Treasury(self, config.fee_bps)
         self._out: list[fx.Effect] = []
         self._cause = 0
 
@@ -79,6 +88,7 @@ class Core:
     def handle(self, event: Event) -> list[fx.Effect]:
         self._out = []
         self._cause = event.eid
+        self.now = event.at_ms
         match event:
             case Tick():
                 self._tick(event.at_ms)
@@ -100,7 +110,11 @@ class Core:
                 self._cancel(event)
             case EpochStarted():
                 assert event.epoch > self.epoch, "epochs only grow"
-                self.epoch, self._next_lease = event.epoch, 0
+                self.epoch, self._next_id = event.epoch, 0
+            case TaskFund():
+                self._fund(event)
+            case Deposit() | Withdraw() | WithdrawalDecision():
+                self.treasury.handle(event)
             case _:
                 raise AssertionError(f"unhandled event {event!r}")
         out, self._out = self._out, []
@@ -116,17 +130,19 @@ class Core:
     def send(self, session_id: str, message: CoordinatorMessage) -> None:
         self.emit(fx.Send(self._cause, session_id, message))
 
-    def new_lease_id(self) -> int:
-        """Lease ids are ``epoch << 32 | n``: unique across restarts, and exact as JSON
-        numbers in a browser (below 2**53) for two million epochs. The runtime starts a new
-        epoch (``EpochStarted``) long before ``n`` runs out."""
-        self._next_lease += 1
-        assert self._next_lease < LEASES_PER_EPOCH, "lease ids of this epoch ran out"
-        return (self.epoch << 32) | self._next_lease
+    def new_id(self) -> int:
+        """Lease and transfer ids are ``epoch << 32 | n``: unique across restarts, and exact
+        as JSON numbers in a browser (below 2**53) for two million epochs. The runtime starts
+        a new epoch (``EpochStarted``) long before ``n`` runs out."""
+        self._next_id += 1
+        assert self._next_id < IDS_PER_EPOCH, "ids of this epoch ran out"
+        return (self.epoch << 32) | self._next_id
+
+    new_lease_id = new_id
 
     @property
     def lease_ids_left(self) -> int:
-        return LEASES_PER_EPOCH - 1 - self._next_lease
+        return IDS_PER_EPOCH - 1 - self._next_id
 
     # ---- tasks ------------------------------------------------------------------------
 
@@ -134,19 +150,30 @@ class Core:
         if ev.task_id in self.tasks:
             self.emit(fx.Reply(ev.eid, ok=False, error="task id already exists", status=409))
             return
+        have = self.treasury.ledger.balance(wallet(ev.owner))
+        if ev.budget > have:
+            self.emit(fx.Reply(ev.eid, ok=False, status=402, error=(
+                f"the budget is {ev.budget} but your wallet holds {have}: short by "
+                f"{ev.budget - have}; deposit that much (`tn wallet deposit`) or lower the budget"
+            )))
+            return
         task = Task(
             id=ev.task_id, owner=ev.owner, name=ev.name, chunks_total=ev.chunks_total,
             items_total=ev.items_total, chunk_size=ev.chunk_size,
             max_concurrency=ev.max_concurrency, max_attempts=ev.max_attempts,
             chunk_timeout_ms=ev.chunk_timeout_ms, requirements=list(ev.requirements),
-            code_ref=ev.code_ref, created_ms=ev.at_ms,
+            code_ref=ev.code_ref, created_ms=ev.at_ms, price=ev.price_per_chunk,
+            budget=ev.budget, max_spend_per_minute=ev.max_spend_per_minute,
         )
         self.tasks[task.id] = task
         self.emit(fx.PersistTask(
             ev.eid, task.id, task.owner, task.name, task.chunks_total, task.items_total,
             task.chunk_size, task.max_concurrency, task.max_attempts, task.chunk_timeout_ms,
-            task.requirements, task.code_ref, task.created_ms,
+            task.requirements, task.code_ref, task.created_ms, task.price, task.budget,
+            task.max_spend_per_minute,
         ))
+        if ev.budget:
+            self.treasury.fund(task, ev.budget)
         self.emit(fx.Reply(ev.eid, ok=True))
         self.emit(fx.TaskChanged(ev.eid, task.id))
         if task.finished:  # no chunks at all: nothing to wait for
@@ -174,9 +201,31 @@ class Core:
         self._finish(task, TaskState.CANCELLED, ev.at_ms)
         self.emit(fx.Reply(ev.eid, ok=True))
 
+    def _fund(self, ev: TaskFund) -> None:
+        task = self.tasks.get(ev.task_id)
+        if task is None:
+            self.emit(fx.Reply(ev.eid, ok=False, error="no such task", status=404))
+            return
+        if task.state in TERMINAL_TASK_STATES:
+            self.emit(fx.Reply(ev.eid, ok=False, status=409, error=(
+                f"task is already {task.state.label}; its escrow went back to your wallet")))
+            return
+        try:
+            self.treasury.fund(task, ev.amount)
+        except InsufficientFunds as exc:
+            self.emit(fx.Reply(ev.eid, ok=False, status=402, error=(
+                f"your wallet holds {exc.balance}, short by {exc.shortfall}; "
+                "deposit first (`tn wallet deposit`)")))
+            return
+        self.emit(fx.Reply(ev.eid, ok=True))
+        self.emit(fx.TaskChanged(ev.eid, task.id))
+        self.sched.task_runnable(task)
+        self.sched.fill_all(ev.at_ms)
+
     def _finish(self, task: Task, state: TaskState, now: int) -> None:
         task.state = check_task_move(task.state, state)
         task.finished_ms = now
+        self.treasury.refund(task)
         task.requeue.clear()
         self.sched.task_stopped(task)
         self.emit(fx.PersistTaskState(self._cause, task.id, state.label, now))
@@ -271,6 +320,8 @@ class Core:
                 self._chunk_failed(
                     lease, "the chunk ran past its deadline on the worker", True, now
                 )
+        if any(self.tasks[t].max_spend_per_minute for t in self.sched.runnable):
+            self.sched.dirty = True  # a spending window may have moved on
         self.sched.fill_all(now)
 
     # ---- chunk outcomes ---------------------------------------------------------------
@@ -326,7 +377,7 @@ class Core:
         task.done += 1
         task.items_done += n
         self._remember_accepted(lease)
-        self.send(ev.session_id, Accepted(lease.id))
+        self.send(ev.session_id, Accepted(lease.id, self.treasury.pay(task, lease)))
         if task.finished:
             self._finish(task, TaskState.COMPLETED if not task.failed else TaskState.FAILED,
                          ev.at_ms)
@@ -406,6 +457,11 @@ class Core:
         task.failures = dict(failures)
         self.tasks[task.id] = task
         self.sched.task_runnable(task)
+
+    def restore_money(self, balances: dict[str, int], keys: list[str], deposited: int,
+                      withdrawn: int, withdrawals: list[Withdrawal]) -> None:
+        """The ledger's balances and idempotency keys, and pending withdrawals, as stored."""
+        self.treasury.restore(balances, keys, deposited, withdrawn, withdrawals)
 
     def restore_accepted(self, accepted: list[tuple[int, str]]) -> None:
         """Recently accepted (lease, worker key) pairs, oldest first, for idempotent re-sends."""

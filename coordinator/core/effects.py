@@ -47,6 +47,7 @@ class Reply(Effect, tag="reply", frozen=True):
     ok: bool
     error: str = ""
     status: int = 200
+    value: int = 0  # e.g. the id of what the request created
 
 
 class TaskChanged(Effect, tag="task_changed", frozen=True):
@@ -69,6 +70,9 @@ class PersistTask(Effect, tag="p_task", frozen=True):
     requirements: list[str]
     code_ref: str
     created_ms: int
+    price_per_chunk: int = 0
+    budget: int = 0
+    max_spend_per_minute: int = 0
 
 
 class PersistTaskState(Effect, tag="p_task_state", frozen=True):
@@ -100,4 +104,30 @@ class PersistFailure(Effect, tag="p_failure", frozen=True):
     at_ms: int
 
 
-PERSISTENT = (PersistTask, PersistTaskState, PersistResult, PersistFailure)
+class PersistTransfer(Effect, tag="p_transfer", frozen=True):
+    """One balanced ledger transaction (entries sum to zero)."""
+
+    id: int
+    kind: str
+    entries: list[tuple[str, int]]
+    at_ms: int
+    key: str | None
+    task_id: str | None
+    chunk: int | None
+    lease_id: int | None
+    memo: str
+
+
+class PersistWithdrawal(Effect, tag="p_withdrawal", frozen=True):
+    id: int
+    account_id: str
+    amount: int
+    state: str
+    created_ms: int
+    updated_ms: int
+
+
+PERSISTENT = (
+    PersistTask, PersistTaskState, PersistResult, PersistFailure, PersistTransfer,
+    PersistWithdrawal,
+)

@@ -37,6 +37,40 @@ class TaskSubmitted(Event, tag="task_submitted", frozen=True):
     chunk_timeout_ms: int
     requirements: list[str]
     code_ref: str
+    price_per_chunk: int = 0
+    budget: int = 0
+    max_spend_per_minute: int = 0
+
+
+class TaskFund(Event, tag="task_fund", frozen=True):
+    """Top up a task's escrow from its owner's wallet."""
+
+    task_id: str
+    amount: int
+
+
+class Deposit(Event, tag="deposit", frozen=True):
+    """Money in from the world (sandbox, Stripe, or a new account's starting credit).
+    ``key`` makes it idempotent: a Stripe event id is credited once."""
+
+    account_id: str
+    amount: int
+    key: str
+    source: str
+
+
+class Withdraw(Event, tag="withdraw", frozen=True):
+    """Money out: ``direct`` leaves at once (sandbox); otherwise it waits for an admin."""
+
+    account_id: str
+    amount: int
+    direct: bool
+    key: str | None = None
+
+
+class WithdrawalDecision(Event, tag="withdrawal_decision", frozen=True):
+    withdrawal_id: int
+    approve: bool
 
 
 class TaskCancel(Event, tag="task_cancel", frozen=True):
@@ -91,6 +125,10 @@ AnyEvent = (
     | EpochStarted
     | TaskSubmitted
     | TaskCancel
+    | TaskFund
+    | Deposit
+    | Withdraw
+    | WithdrawalDecision
     | SessionHello
     | SessionClosed
     | ProgressIn

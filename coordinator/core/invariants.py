@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from coordinator.core.ledger import escrow
 from coordinator.core.lifecycle import TERMINAL_TASK_STATES, ChunkState, TaskState
 
 if TYPE_CHECKING:
@@ -33,10 +34,26 @@ def check_invariants(core: Core) -> None:
         assert task.id == task_id, f"task stored as {task_id!r} says it is {task.id!r}"
         _check_task(core, task, leases_of_task.get(task_id, 0))
     _check_scheduler(core)
+    _check_money(core)
     assert len(core.recent_accepted) <= core.config.recent_accepted_max, (
         f"recent_accepted holds {len(core.recent_accepted)} leases, more than "
         f"recent_accepted_max={core.config.recent_accepted_max}"
     )
+
+
+def _check_money(core: Core) -> None:
+    """Invariant 4: the ledger balances, nothing but the world is negative, and every
+    running task's escrow covers the price of the chunks it has in flight."""
+    core.treasury.ledger.check_invariants()
+    for task in core.tasks.values():
+        held = core.treasury.ledger.balance(escrow(task.id))
+        if task.state in TERMINAL_TASK_STATES:
+            assert held == 0, f"{_task(task)} still holds {held} in escrow"
+        else:
+            assert held >= task.leased * task.price, (
+                f"{_task(task)} escrow {held} does not cover {task.leased} leases at "
+                f"{task.price}"
+            )
 
 
 def _task(task: Task) -> str:

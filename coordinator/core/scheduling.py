@@ -78,7 +78,8 @@ class Scheduler:
     def _lease_one(self, session: Session, now: int) -> bool:
         for task_id in list(self.runnable):
             task = self.core.tasks[task_id]
-            if task.leased >= task.max_concurrency or not self._matches(session, task):
+            if (task.leased >= task.max_concurrency or not self._matches(session, task)
+                    or not self.core.treasury.can_lease(task, now)):
                 continue
             chunk = self._next_chunk(task, session)
             if chunk is None:
@@ -123,16 +124,20 @@ class Scheduler:
 
     def _grant(self, task: Task, chunk: int, session: Session, now: int) -> None:
         core = self.core
-        # A prefetched chunk waits for a slot: it starts, at the latest, once every lease
-        # ahead of it has reached its own deadline, and its timeout runs from then.
-        starts_by = now
-        if len(session.leases) >= session.slots:
-            starts_by = max(core.leases[i].deadline_ms for i in session.leases)
+        # A prefetched chunk waits for a slot: with n leases ahead of it on s slots it runs
+        # in round n // s + 1, each round at most one chunk timeout (the worker's own limit;
+        # the longest of the chunks ahead, which may belong to other tasks).
+        rounds = len(session.leases) // session.slots + 1
+        round_ms = max(
+            [task.chunk_timeout_ms] + [
+                core.tasks[core.leases[i].task_id].chunk_timeout_ms for i in session.leases
+            ] if rounds > 1 else [task.chunk_timeout_ms]
+        )
         lease = Lease(
             id=core.new_lease_id(), task_id=task.id, chunk=chunk, session_id=session.id,
             worker_key=session.worker_key, account_id=session.account_id,
             worker_id=session.worker_id, started_ms=now,
-            deadline_ms=starts_by + task.chunk_timeout_ms + core.config.lease_ms,
+            deadline_ms=now + rounds * round_ms + core.config.lease_ms,
         )
         core.leases[lease.id] = lease
         task.lease_of_chunk[chunk] = lease.id

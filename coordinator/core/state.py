@@ -27,6 +27,10 @@ class Task:
     requirements: list[str]
     code_ref: str
     created_ms: int
+    price: int = 0  # credits per accepted chunk (0: free, e.g. on one's own workers)
+    budget: int = 0  # what the task was funded with when created
+    max_spend_per_minute: int = 0  # 0: no limit
+    spent: int = 0  # paid out of escrow for accepted chunks
     state: TaskState = TaskState.RUNNING
     finished_ms: int | None = None
     chunk_state: bytearray = field(default_factory=bytearray)

@@ -18,6 +18,7 @@ import anyio
 
 from coordinator.core import effects as fx
 from coordinator.core.state import Task, worker_key
+from coordinator.core.treasury import Withdrawal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +37,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     chunks_total INTEGER NOT NULL, items_total INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
     max_concurrency INTEGER NOT NULL, max_attempts INTEGER NOT NULL,
     chunk_timeout_ms INTEGER NOT NULL, requirements TEXT NOT NULL, code_ref TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'running', finished_ms INTEGER
+    created_ms INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'running', finished_ms INTEGER,
+    price_per_chunk INTEGER NOT NULL DEFAULT 0, budget INTEGER NOT NULL DEFAULT 0,
+    max_spend_per_minute INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, created_ms);
 CREATE TABLE IF NOT EXISTS results (
@@ -52,12 +55,46 @@ CREATE TABLE IF NOT EXISTS failures (
     error TEXT NOT NULL, final INTEGER NOT NULL, at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_chunk ON failures(task_id, chunk_index);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, at_ms INTEGER NOT NULL, key TEXT UNIQUE,
+    task_id TEXT, chunk_index INTEGER, lease_id INTEGER, memo TEXT NOT NULL DEFAULT ''
+);
+-- a chunk's lease is paid once, whatever the core did (a second guard behind the core's own)
+CREATE UNIQUE INDEX IF NOT EXISTS payout_once ON transfers(lease_id) WHERE kind = 'payout';
+CREATE INDEX IF NOT EXISTS transfers_task ON transfers(task_id);
+CREATE TABLE IF NOT EXISTS entries (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id), account TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (typeof(amount) = 'integer')
+);
+CREATE INDEX IF NOT EXISTS entries_account ON entries(account, transfer_id);
+CREATE TABLE IF NOT EXISTS balances (
+    account TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL CHECK (typeof(balance) = 'integer' AND
+                                    (account = 'world' OR balance >= 0))
+);
+CREATE TABLE IF NOT EXISTS withdrawals (
+    id INTEGER PRIMARY KEY, account_id TEXT NOT NULL, amount INTEGER NOT NULL,
+    state TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+);
 """
 
 _INSERT_TASK = (
     "INSERT INTO tasks (id, owner, name, chunks_total, items_total, chunk_size, max_concurrency,"
-    " max_attempts, chunk_timeout_ms, requirements, code_ref, created_ms)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " max_attempts, chunk_timeout_ms, requirements, code_ref, created_ms, price_per_chunk,"
+    " budget, max_spend_per_minute) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_TRANSFER = (
+    "INSERT INTO transfers (id, kind, at_ms, key, task_id, chunk_index, lease_id, memo)"
+    " VALUES (?,?,?,?,?,?,?,?)"
+)
+_ADD_BALANCE = (
+    "INSERT INTO balances (account, balance) VALUES (?, ?)"
+    " ON CONFLICT(account) DO UPDATE SET balance = balance + excluded.balance"
+)
+_UPSERT_WITHDRAWAL = (
+    "INSERT INTO withdrawals (id, account_id, amount, state, created_ms, updated_ms)"
+    " VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET state = excluded.state,"
+    " updated_ms = excluded.updated_ms"
 )
 _INSERT_RESULT = (
     "INSERT INTO results (task_id, chunk_index, lease_id, account_id, worker_id, output, digest,"
@@ -67,6 +104,21 @@ _INSERT_FAILURE = (
     "INSERT INTO failures (task_id, chunk_index, lease_id, account_id, worker_id, error, final,"
     " at_ms) VALUES (?,?,?,?,?,?,?,?)"
 )
+
+
+_TASK_COLUMNS_ADDED = {
+    "price_per_chunk": "INTEGER NOT NULL DEFAULT 0",
+    "budget": "INTEGER NOT NULL DEFAULT 0",
+    "max_spend_per_minute": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Bring a database made by an older version up to this schema."""
+    have = {str(r[1]) for r in await db.execute_fetchall("PRAGMA table_info(tasks)")}
+    for column, decl in _TASK_COLUMNS_ADDED.items():
+        if column not in have:
+            await db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {decl}")
 
 
 class SqliteStore:
@@ -86,6 +138,7 @@ class SqliteStore:
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(SCHEMA)
+        await _migrate(db)
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA query_only=ON")
         return cls(db, reader)
@@ -119,6 +172,9 @@ class SqliteStore:
 
     async def apply(self, effects: Sequence[fx.Effect]) -> None:
         tasks, states, results, failures = [], [], [], []
+        transfers: list[tuple[object, ...]] = []
+        entries: list[tuple[int, str, int]] = []
+        withdrawals: list[tuple[object, ...]] = []
         for e in effects:
             match e:
                 case fx.PersistResult():
@@ -136,9 +192,17 @@ class SqliteStore:
                         e.task_id, e.owner, e.name, e.chunks_total, e.items_total,
                         e.chunk_size, e.max_concurrency, e.max_attempts, e.chunk_timeout_ms,
                         json.dumps(e.requirements), e.code_ref, e.created_ms,
+                        e.price_per_chunk, e.budget, e.max_spend_per_minute,
                     ))
                 case fx.PersistTaskState():
                     states.append((e.state, e.finished_ms, e.task_id))
+                case fx.PersistTransfer():
+                    transfers.append((e.id, e.kind, e.at_ms, e.key, e.task_id, e.chunk,
+                                      e.lease_id, e.memo))
+                    entries.extend((e.id, account, amount) for account, amount in e.entries)
+                case fx.PersistWithdrawal():
+                    withdrawals.append((e.id, e.account_id, e.amount, e.state, e.created_ms,
+                                        e.updated_ms))
         db = self.db
         async with self.write_lock:
             await db.execute("BEGIN")
@@ -153,6 +217,14 @@ class SqliteStore:
                     await db.executemany(
                         "UPDATE tasks SET state = ?, finished_ms = ? WHERE id = ?", states
                     )
+                if transfers:
+                    await db.executemany(_INSERT_TRANSFER, transfers)
+                    await db.executemany(
+                        "INSERT INTO entries (transfer_id, account, amount) VALUES (?,?,?)",
+                        entries)
+                    await db.executemany(_ADD_BALANCE, [(a, n) for _, a, n in entries])
+                if withdrawals:
+                    await db.executemany(_UPSERT_WITHDRAWAL, withdrawals)
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
@@ -167,7 +239,8 @@ class SqliteStore:
         rows = await self.db.execute_fetchall(
             "SELECT id, owner, name, chunks_total, items_total, chunk_size, max_concurrency,"
             " max_attempts, chunk_timeout_ms, requirements, code_ref, created_ms, state,"
-            " finished_ms FROM tasks ORDER BY created_ms"
+            " finished_ms, price_per_chunk, budget, max_spend_per_minute"
+            " FROM tasks ORDER BY created_ms"
         )
         for r in rows:
             task = Task(
@@ -175,12 +248,18 @@ class SqliteStore:
                 chunk_size=r[5], max_concurrency=r[6], max_attempts=r[7],
                 chunk_timeout_ms=r[8], requirements=json.loads(r[9]), code_ref=r[10],
                 created_ms=r[11], state=TaskState[str(r[12]).upper()], finished_ms=r[13],
+                price=r[14], budget=r[15], max_spend_per_minute=r[16],
             )
             done = [
                 (int(c), int(n)) for c, n in await self.db.execute_fetchall(
                     "SELECT chunk_index, items FROM results WHERE task_id = ?", (task.id,)
                 )
             ]
+            spent = await self.one(
+                "SELECT COALESCE(-SUM(e.amount), 0) FROM transfers t JOIN entries e"
+                " ON e.transfer_id = t.id WHERE t.task_id = ? AND t.kind = 'payout'"
+                " AND e.account = ?", (task.id, f"escrow:{task.id}"))
+            task.spent = int(spent[0])
             failed: dict[int, str] = {}
             failures: dict[int, int] = {}
             for chunk, error, final in await self.db.execute_fetchall(
@@ -191,6 +270,23 @@ class SqliteStore:
                 if final:
                     failed[chunk] = error
             yield task, done, failed, failures
+
+    async def load_money(self) -> tuple[dict[str, int], list[str], int, int, list[Withdrawal]]:
+        """Balances, idempotency keys, deposits and withdrawals ever, pending withdrawals."""
+        read = self.reader.execute_fetchall
+        balances = {str(a): int(b) for a, b in await read("SELECT account, balance FROM balances")}
+        keys = [str(k) for (k,) in await read("SELECT key FROM transfers WHERE key IS NOT NULL")]
+        row = await self.one(
+            "SELECT COALESCE(SUM(CASE WHEN amount < 0 THEN -amount END), 0),"
+            " COALESCE(SUM(CASE WHEN amount > 0 THEN amount END), 0)"
+            " FROM entries WHERE account = 'world'"
+        )
+        pending = [
+            Withdrawal(int(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4]))
+            for r in await read("SELECT id, account_id, amount, state, created_ms"
+                                " FROM withdrawals WHERE state = 'pending'")
+        ]
+        return balances, keys, int(row[0]), int(row[1]), pending
 
     async def recent_accepted(self, limit: int) -> list[tuple[int, str]]:
         rows = await self.db.execute_fetchall(

@@ -667,7 +667,7 @@ def test_lease_ids_never_leave_their_epoch_and_a_new_epoch_continues() -> None:
     (odd epochs) or entered the next epoch's range (even ones)."""
     core = Core(CFG, epoch=1)
     first = core.new_lease_id()
-    core._next_lease = 2**32 - 3  # as if 4,294,967,293 leases had been granted
+    core._next_id = 2**32 - 3  # as if 4,294,967,293 leases had been granted
     assert core.lease_ids_left == 2
     last = core.new_lease_id()
     assert (first, last) == (lid(1), lid(2**32 - 2))
