@@ -30,6 +30,7 @@ from coordinator.core.events import (
     ResultIn,
     SessionClosed,
     SessionHello,
+    WhyIdleIn,
 )
 from coordinator.runtime import Runtime
 from schema import worker as w
@@ -239,5 +240,7 @@ def _to_event(msg: w.WorkerMessage, sid: str) -> Event | None:
             return HeartbeatIn(0, 0, sid)
         case w.Fail():
             return FailIn(0, 0, sid, msg.lease_id, msg.error, msg.retryable)
+        case w.WhyIdle():
+            return WhyIdleIn(0, 0, sid)
         case w.Hello():
             return None

@@ -29,7 +29,10 @@ def task_info(core: Core, task: Task) -> TaskInfo:
         and treasury.available(task) < task.price,
         burn_per_minute=burn, chunks_per_minute=chunks_per_min,
         eta_ms=(left * 60_000 // chunks_per_min) if running and chunks_per_min else None,
-        cost_to_finish=left * task.price, max_spend_per_minute=task.max_spend_per_minute,
+        cost_to_finish=left * task.price * max(1, task.quorum_m),
+        max_spend_per_minute=task.max_spend_per_minute, priority=task.priority,
+        verification=task.verification, quorum_k=task.quorum_k, quorum_m=task.quorum_m,
+        spot_per_mille=task.spot_per_mille, chunks_verifying=len(task.votes),
     )
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-TaskState = Literal["running", "completed", "failed", "cancelled"]
+TaskState = Literal["running", "paused", "completed", "failed", "cancelled"]
+Verification = Literal["none", "spot", "quorum"]
 ChunkState = Literal["pending", "leased", "done", "failed"]
 
 Requirement = Annotated[str, Meta(min_length=1, max_length=200)]
@@ -27,6 +28,12 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     budget: Annotated[int, Meta(ge=0, le=MONEY_MAX)] = 0
     price_per_chunk: Annotated[int, Meta(ge=0, le=MONEY_MAX)] = 0
     max_spend_per_minute: Annotated[int, Meta(ge=0, le=MONEY_MAX)] = 0
+    # scheduling and verification
+    priority: Annotated[int, Meta(ge=1, le=10)] = 5  # weight among the owner's tasks
+    verification: Verification = "none"
+    quorum_k: Annotated[int, Meta(ge=1, le=10)] = 3  # quorum: replicas on distinct accounts
+    quorum_m: Annotated[int, Meta(ge=1, le=10)] = 2  # quorum: how many must agree
+    spot_per_mille: Annotated[int, Meta(ge=0, le=1000)] = 100  # spot: chunks in 1000 checked
 
 
 class TaskInfo(msgspec.Struct, frozen=True):
@@ -60,6 +67,19 @@ class TaskInfo(msgspec.Struct, frozen=True):
     eta_ms: int | None = None  # estimated time to finish at the last minute's pace
     cost_to_finish: int = 0  # price of the chunks not yet accepted
     max_spend_per_minute: int = 0
+    priority: int = 5
+    verification: str = "none"
+    quorum_k: int = 1
+    quorum_m: int = 1
+    spot_per_mille: int = 0
+    chunks_verifying: int = 0  # chunks holding results that await agreement
+
+
+class TaskPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``PATCH /api/tasks/{id}``: change a live task."""
+
+    max_concurrency: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    priority: Annotated[int, Meta(ge=1, le=10)] | None = None
 
 
 class TaskCreated(msgspec.Struct, frozen=True):
@@ -96,3 +116,119 @@ class ErrorBody(msgspec.Struct, frozen=True):
 class Health(msgspec.Struct, frozen=True):
     ok: bool
     version: str
+
+
+# ---- wallets (amounts are integer credits in the smallest unit: 1234 is 12.34) --------------
+
+Amount = Annotated[int, Meta(description="integer credits in the smallest unit (1234 = 12.34)")]
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class DepositRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/wallet/deposit``. ``method``: ``direct`` (sandbox) or ``checkout``
+    (Stripe); left out, sandbox mode deposits directly and Stripe mode starts a Checkout."""
+
+    amount: Amount
+    idempotency_key: IdempotencyKey | None = None
+    method: Literal["direct", "checkout"] | None = None
+
+
+class WithdrawRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/wallet/withdraw``: direct in sandbox mode, else pending an admin."""
+
+    amount: Amount
+    idempotency_key: IdempotencyKey | None = None
+
+
+class FundRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/tasks/{id}/fund``: move ``amount`` from your wallet into the task."""
+
+    amount: Amount
+
+
+class Wallet(msgspec.Struct, frozen=True):
+    account_id: str
+    balance: int  # what can be spent or withdrawn now
+    pending_withdrawals: int  # held until an admin approves or rejects
+    in_escrow: int  # in the escrow of your running tasks
+    earned: int  # credited for accepted chunks, ever
+    sandbox: bool  # direct deposits and withdrawals are on
+    stripe: bool  # deposits through Stripe Checkout are on
+
+
+class DepositResult(msgspec.Struct, frozen=True):
+    """A direct deposit (``balance`` is the new balance) or a started Checkout (pay at
+    ``checkout_url``; the wallet is credited when Stripe confirms the payment)."""
+
+    amount: int
+    balance: int | None = None
+    checkout_url: str | None = None
+    session_id: str | None = None
+
+
+class WithdrawResult(msgspec.Struct, frozen=True):
+    id: int
+    amount: int
+    state: Literal["done", "pending"]
+    balance: int
+    pending_withdrawals: int
+
+
+class Transaction(msgspec.Struct, frozen=True):
+    """One entry on your wallet (or your pending-withdrawals account), with its cause."""
+
+    id: int  # the transfer's id (a transfer may show twice: wallet and pending)
+    kind: Annotated[str, Meta(description=(
+        "deposit, withdrawal, withdrawal_hold, withdrawal_rejected, fund, refund, payout"))]
+    account: Literal["wallet", "pending"]
+    amount: int  # signed: what this entry added to (or took from) the account
+    at_ms: int
+    task_id: str | None = None
+    chunk: int | None = None
+    memo: str = ""
+
+
+class TransactionPage(msgspec.Struct, frozen=True):
+    transactions: list[Transaction]  # newest first
+    next_offset: int | None = None
+
+
+class TaskEarnings(msgspec.Struct, frozen=True):
+    task_id: str
+    chunks: int
+    credited: int
+
+
+class Earnings(msgspec.Struct, frozen=True):
+    tasks: list[TaskEarnings]
+    chunks: int
+    total: int
+
+
+class WithdrawalInfo(msgspec.Struct, frozen=True):
+    id: int
+    account_id: str
+    amount: int
+    state: Literal["pending", "approved", "rejected"]
+    created_ms: int
+
+
+class WithdrawalList(msgspec.Struct, frozen=True):
+    withdrawals: list[WithdrawalInfo]
+
+
+class LedgerSummary(msgspec.Struct, frozen=True):
+    """Admin: where the money is. ``wallets + escrow + pending + platform`` equals
+    ``deposited - withdrawn``."""
+
+    wallets: int
+    escrow: int
+    pending: int
+    platform: int
+    deposited: int
+    withdrawn: int
+
+
+class WebhookAck(msgspec.Struct, frozen=True):
+    received: bool
+    credited: bool = False  # False also when this event was credited before (a re-delivery)

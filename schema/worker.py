@@ -65,7 +65,11 @@ class Fail(_Msg, tag="fail", frozen=True):
     retryable: bool = True
 
 
-WorkerMessage = Hello | Progress | Heartbeat | Result | Fail
+class WhyIdle(_Msg, tag="why_idle", frozen=True):
+    """Ask why no work comes while slots are free; answered with ``idle``."""
+
+
+WorkerMessage = Hello | Progress | Heartbeat | Result | Fail | WhyIdle
 
 
 # ---- coordinator -> worker ------------------------------------------------------------
@@ -92,6 +96,9 @@ class Assign(_Msg, tag="assign", frozen=True):
 
 
 class Accepted(_Msg, tag="accepted", frozen=True):
+    """The result is durably recorded. ``credited`` is what the worker was paid for it now;
+    under verification payment follows when the chunk's replicas agree."""
+
     lease_id: LeaseId
     credited: int = 0
 
@@ -113,4 +120,8 @@ class Error(_Msg, tag="error", frozen=True):
     fatal: bool = False
 
 
-CoordinatorMessage = Welcome | Assign | Accepted | Rejected | Revoke | Error
+class Idle(_Msg, tag="idle", frozen=True):
+    reasons: list[str]
+
+
+CoordinatorMessage = Welcome | Assign | Accepted | Rejected | Revoke | Error | Idle

@@ -30,6 +30,7 @@ from schema import worker as w
 
 log = logging.getLogger("tn.worker")
 ENCODER = msgspec.msgpack.Encoder()
+IDLE_ASK_S = 10.0  # idle this long (no chunk held) before asking the coordinator why
 DECODER = msgspec.msgpack.Decoder(w.CoordinatorMessage)
 
 
@@ -76,6 +77,7 @@ class Worker:
         )
         self.runners = [SlotRunner(opts.limits) for _ in range(opts.slots)]
         self.layers: list[str] = []
+        self.last_idle_reasons: list[str] = []
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -170,9 +172,17 @@ class Worker:
             tg.cancel_scope.cancel()
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        idle_since: float | None = None
+        asked = 0.0
         while True:
             await anyio.sleep(self.heartbeat_s)
             await ws.send(ENCODER.encode(w.Heartbeat(list(self.jobs))))
+            now = time.monotonic()
+            idle_since = (idle_since or now) if not self.jobs else None
+            # idle a while: ask the coordinator why (shown in the log), at most every 30 s
+            if idle_since is not None and now - idle_since >= IDLE_ASK_S and now - asked >= 30:
+                asked = now
+                await ws.send(ENCODER.encode(w.WhyIdle()))
 
     async def _progress_pump(self) -> None:
         async for msg in self._progress_recv:
@@ -204,6 +214,9 @@ class Worker:
                 self.on_event(f"coordinator says: {msg.reason}")
                 if msg.fatal:
                     raise FatalError(msg.reason)
+            case w.Idle():
+                self.last_idle_reasons = list(msg.reasons)
+                self.on_event("idle: " + "; ".join(msg.reasons))
             case w.Welcome():
                 self.on_event("unexpected second welcome; ignored")
 

@@ -8,10 +8,11 @@ across restarts. Adapters apply the effects (persist first, then send).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coordinator.core import effects as fx
 from coordinator.core.capabilities import RequirementError, parse_capabilities
+from coordinator.core.control import TaskControl
 from coordinator.core.events import (
     Deposit,
     EpochStarted,
@@ -24,28 +25,27 @@ from coordinator.core.events import (
     SessionHello,
     TaskCancel,
     TaskFund,
+    TaskPause,
+    TaskResume,
     TaskSubmitted,
+    TaskUpdate,
     Tick,
+    WhyIdleIn,
     Withdraw,
     WithdrawalDecision,
 )
-from coordinator.core.ledger import InsufficientFunds, wallet
-from coordinator.core.lifecycle import (
-    TERMINAL_TASK_STATES,
-    ChunkState,
-    TaskState,
-    check_chunk_move,
-    check_task_move,
-)
-from coordinator.core.msgpack_peek import array_length
+from coordinator.core.lifecycle import ChunkState
+from coordinator.core.outcomes import Outcomes
 from coordinator.core.scheduling import Scheduler
 from coordinator.core.state import Lease, Session, Task, worker_key
 from coordinator.core.treasury import Treasury, Withdrawal
+from coordinator.core.trust import Trust, TrustConfig
 from schema.worker import (
     PROTOCOL_VERSION,
     Accepted,
     CoordinatorMessage,
     Error,
+    Idle,
     Rejected,
     Revoke,
     Welcome,
@@ -64,6 +64,7 @@ class CoreConfig:
     disconnect_grace_ms: int = 1000  # a dropped session's leases wait this long for a resume
     recent_accepted_max: int = 65536  # accepted leases remembered for idempotent re-sends
     fee_bps: int = 1000  # the platform's fee per accepted chunk, in basis points (10 %)
+    trust: TrustConfig = field(default_factory=TrustConfig)
 
 
 class Core:
@@ -80,6 +81,9 @@ class Core:
         self.recent_accepted: OrderedDict[int, str] = OrderedDict()  # lease -> worker key
         self.sched = Scheduler(self)
         self.treasury = Treasury(self, config.fee_bps)
+        self.trust = Trust(config.trust)
+        self.outcomes = Outcomes(self)
+        self.control = TaskControl(self)
         self._out: list[fx.Effect] = []
         self._cause = 0
 
@@ -99,20 +103,28 @@ class Core:
             case ProgressIn():
                 self._progress(event)
             case ResultIn():
-                self._result(event)
+                self.outcomes.result(event)
             case FailIn():
-                self._fail(event)
+                self.outcomes.fail(event)
             case SessionClosed():
                 self._closed(event.session_id, event.at_ms)
             case TaskSubmitted():
-                self._submit(event)
+                self.control.submit(event)
             case TaskCancel():
-                self._cancel(event)
+                self.control.cancel(event)
+            case TaskPause():
+                self.control.pause(event)
+            case TaskResume():
+                self.control.resume(event)
+            case TaskUpdate():
+                self.control.update(event)
+            case WhyIdleIn():
+                self._why_idle(event)
             case EpochStarted():
                 assert event.epoch > self.epoch, "epochs only grow"
                 self.epoch, self._next_id = event.epoch, 0
             case TaskFund():
-                self._fund(event)
+                self.control.fund(event)
             case Deposit() | Withdraw() | WithdrawalDecision():
                 self.treasury.handle(event)
             case _:
@@ -143,93 +155,6 @@ class Core:
     @property
     def lease_ids_left(self) -> int:
         return IDS_PER_EPOCH - 1 - self._next_id
-
-    # ---- tasks ------------------------------------------------------------------------
-
-    def _submit(self, ev: TaskSubmitted) -> None:
-        if ev.task_id in self.tasks:
-            self.emit(fx.Reply(ev.eid, ok=False, error="task id already exists", status=409))
-            return
-        have = self.treasury.ledger.balance(wallet(ev.owner))
-        if ev.budget > have:
-            self.emit(fx.Reply(ev.eid, ok=False, status=402, error=(
-                f"the budget is {ev.budget} but your wallet holds {have}: short by "
-                f"{ev.budget - have}; deposit that much (`tn wallet deposit`) or lower the budget"
-            )))
-            return
-        task = Task(
-            id=ev.task_id, owner=ev.owner, name=ev.name, chunks_total=ev.chunks_total,
-            items_total=ev.items_total, chunk_size=ev.chunk_size,
-            max_concurrency=ev.max_concurrency, max_attempts=ev.max_attempts,
-            chunk_timeout_ms=ev.chunk_timeout_ms, requirements=list(ev.requirements),
-            code_ref=ev.code_ref, created_ms=ev.at_ms, price=ev.price_per_chunk,
-            budget=ev.budget, max_spend_per_minute=ev.max_spend_per_minute,
-        )
-        self.tasks[task.id] = task
-        self.emit(fx.PersistTask(
-            ev.eid, task.id, task.owner, task.name, task.chunks_total, task.items_total,
-            task.chunk_size, task.max_concurrency, task.max_attempts, task.chunk_timeout_ms,
-            task.requirements, task.code_ref, task.created_ms, task.price, task.budget,
-            task.max_spend_per_minute,
-        ))
-        if ev.budget:
-            self.treasury.fund(task, ev.budget)
-        self.emit(fx.Reply(ev.eid, ok=True))
-        self.emit(fx.TaskChanged(ev.eid, task.id))
-        if task.finished:  # no chunks at all: nothing to wait for
-            self._finish(task, TaskState.COMPLETED, ev.at_ms)
-            return
-        self.sched.task_runnable(task)
-        self.sched.fill_all(ev.at_ms)
-
-    def _cancel(self, ev: TaskCancel) -> None:
-        task = self.tasks.get(ev.task_id)
-        if task is None:
-            self.emit(fx.Reply(ev.eid, ok=False, error="no such task", status=404))
-            return
-        if task.state in TERMINAL_TASK_STATES:
-            self.emit(fx.Reply(
-                ev.eid, ok=False, status=409,
-                error=f"task is already {task.state.label}; nothing to cancel",
-            ))
-            return
-        for lease_id in list(task.lease_of_chunk.values()):
-            lease = self.leases[lease_id]
-            if lease.session_id is not None:
-                self.send(lease.session_id, Revoke(lease_id, ev.reason))
-            self._drop_lease(lease, ChunkState.PENDING, ev.at_ms)
-        self._finish(task, TaskState.CANCELLED, ev.at_ms)
-        self.emit(fx.Reply(ev.eid, ok=True))
-
-    def _fund(self, ev: TaskFund) -> None:
-        task = self.tasks.get(ev.task_id)
-        if task is None:
-            self.emit(fx.Reply(ev.eid, ok=False, error="no such task", status=404))
-            return
-        if task.state in TERMINAL_TASK_STATES:
-            self.emit(fx.Reply(ev.eid, ok=False, status=409, error=(
-                f"task is already {task.state.label}; its escrow went back to your wallet")))
-            return
-        try:
-            self.treasury.fund(task, ev.amount)
-        except InsufficientFunds as exc:
-            self.emit(fx.Reply(ev.eid, ok=False, status=402, error=(
-                f"your wallet holds {exc.balance}, short by {exc.shortfall}; "
-                "deposit first (`tn wallet deposit`)")))
-            return
-        self.emit(fx.Reply(ev.eid, ok=True))
-        self.emit(fx.TaskChanged(ev.eid, task.id))
-        self.sched.task_runnable(task)
-        self.sched.fill_all(ev.at_ms)
-
-    def _finish(self, task: Task, state: TaskState, now: int) -> None:
-        task.state = check_task_move(task.state, state)
-        task.finished_ms = now
-        self.treasury.refund(task)
-        task.requeue.clear()
-        self.sched.task_stopped(task)
-        self.emit(fx.PersistTaskState(self._cause, task.id, state.label, now))
-        self.emit(fx.TaskChanged(self._cause, task.id))
 
     # ---- sessions ---------------------------------------------------------------------
 
@@ -274,7 +199,7 @@ class Core:
                 dropped.append(lease_id)
         # orphans it no longer holds (or has no room for) go back to the queue now
         for lease_id in sorted(orphans):
-            self._drop_lease(self.leases[lease_id], ChunkState.PENDING, ev.at_ms)
+            self.outcomes.drop_lease(self.leases[lease_id], ChunkState.PENDING, ev.at_ms)
         self.send(session.id, Welcome(
             session.id, self.config.heartbeat_ms, self.config.lease_ms, resumed, dropped,
         ))
@@ -313,11 +238,11 @@ class Core:
             self._closed(session.id, now - self.config.disconnect_grace_ms)
         for lease in list(self.leases.values()):
             if lease.session_id is None and lease.orphaned_until_ms <= now:
-                self._drop_lease(lease, ChunkState.PENDING, now)
+                self.outcomes.drop_lease(lease, ChunkState.PENDING, now)
             elif lease.deadline_ms <= now:
                 if lease.session_id is not None:
                     self.send(lease.session_id, Revoke(lease.id, "chunk deadline passed"))
-                self._chunk_failed(
+                self.outcomes.chunk_failed(
                     lease, "the chunk ran past its deadline on the worker", True, now
                 )
         if any(self.tasks[t].max_spend_per_minute for t in self.sched.runnable):
@@ -326,7 +251,7 @@ class Core:
 
     # ---- chunk outcomes ---------------------------------------------------------------
 
-    def _owned_lease(self, session_id: str, lease_id: int, now: int) -> Lease | None:
+    def owned_lease(self, session_id: str, lease_id: int, now: int) -> Lease | None:
         """The lease if this session holds it; otherwise tell the worker why not (fencing)."""
         session = self._touch(session_id, now)
         if session is None:
@@ -345,6 +270,11 @@ class Core:
         self.send(session_id, Rejected(lease_id, why))
         return None
 
+    def _why_idle(self, ev: WhyIdleIn) -> None:
+        session = self._touch(ev.session_id, ev.at_ms)
+        if session is not None:
+            self.send(session.id, Idle(self.sched.why_idle(session, ev.at_ms)))
+
     def _progress(self, ev: ProgressIn) -> None:
         session = self._touch(ev.session_id, ev.at_ms)
         lease = self.leases.get(ev.lease_id)
@@ -353,84 +283,7 @@ class Core:
         lease.done, lease.total = ev.done, ev.total
         self.emit(fx.TaskChanged(ev.eid, lease.task_id))
 
-    def _result(self, ev: ResultIn) -> None:
-        lease = self._owned_lease(ev.session_id, ev.lease_id, ev.at_ms)
-        if lease is None:
-            return
-        task = self.tasks[lease.task_id]
-        n = task.items_in(lease.chunk)
-        got = array_length(ev.output)
-        if got != n:
-            detail = "not a MessagePack array" if got is None else f"{got} outputs"
-            self._chunk_failed(
-                lease, f"result has {detail} for {n} items; a result needs one output per item",
-                False, ev.at_ms,
-            )
-            self.send(ev.session_id, Rejected(lease.id, "result does not match the chunk"))
-            self.sched.fill_session_id(ev.session_id, ev.at_ms)
-            return
-        self.emit(fx.PersistResult(
-            ev.eid, task.id, lease.chunk, lease.id, lease.account_id, lease.worker_id,
-            ev.output, ev.digest, n, ev.at_ms,
-        ))
-        self._drop_lease(lease, ChunkState.DONE, ev.at_ms)
-        task.done += 1
-        task.items_done += n
-        self._remember_accepted(lease)
-        self.send(ev.session_id, Accepted(lease.id, self.treasury.pay(task, lease)))
-        if task.finished:
-            self._finish(task, TaskState.COMPLETED if not task.failed else TaskState.FAILED,
-                         ev.at_ms)
-        self.sched.fill_session_id(ev.session_id, ev.at_ms)
-
-    def _fail(self, ev: FailIn) -> None:
-        lease = self._owned_lease(ev.session_id, ev.lease_id, ev.at_ms)
-        if lease is None:
-            return
-        self._chunk_failed(lease, ev.error, ev.retryable, ev.at_ms)
-        self.sched.fill_session_id(ev.session_id, ev.at_ms)
-
-    def _chunk_failed(self, lease: Lease, error: str, retryable: bool, now: int) -> None:
-        task = self.tasks[lease.task_id]
-        attempts = task.failures.get(lease.chunk, 0) + 1
-        task.failures[lease.chunk] = attempts
-        task.failed_on.setdefault(lease.chunk, set()).add(lease.worker_key)
-        task.last_error[lease.chunk] = error
-        final = not retryable or attempts >= task.max_attempts
-        self.emit(fx.PersistFailure(
-            self._cause, task.id, lease.chunk, lease.id, lease.account_id, lease.worker_id,
-            error, final, now,
-        ))
-        self._drop_lease(lease, ChunkState.FAILED if final else ChunkState.PENDING, now)
-        if final:
-            task.failed += 1
-            if task.finished:
-                self._finish(task, TaskState.FAILED, now)
-
-    def _drop_lease(self, lease: Lease, to: ChunkState, now: int) -> None:
-        """End a lease: the chunk moves to ``to`` (PENDING re-queues it)."""
-        del self.leases[lease.id]
-        if lease.session_id is None:
-            orphans = self.orphans.get(lease.worker_key)
-            if orphans is not None:
-                orphans.discard(lease.id)
-                if not orphans:
-                    del self.orphans[lease.worker_key]
-        task = self.tasks[lease.task_id]
-        del task.lease_of_chunk[lease.chunk]
-        task.leased -= 1
-        task.chunk_state[lease.chunk] = check_chunk_move(task.chunk_state[lease.chunk], to)
-        if lease.session_id is not None:
-            session = self.sessions[lease.session_id]
-            session.leases.discard(lease.id)
-            self.sched.session_free(session)
-        if to is ChunkState.PENDING and task.state is TaskState.RUNNING:
-            task.requeue.append(lease.chunk)
-            self.sched.task_runnable(task)
-        self.sched.task_slot_freed(task)
-        self.emit(fx.TaskChanged(self._cause, task.id))
-
-    def _remember_accepted(self, lease: Lease) -> None:
+    def remember_accepted(self, lease: Lease) -> None:
         self.recent_accepted[lease.id] = lease.worker_key
         if len(self.recent_accepted) > self.config.recent_accepted_max:
             self.recent_accepted.popitem(last=False)

@@ -73,6 +73,36 @@ class PersistTask(Effect, tag="p_task", frozen=True):
     price_per_chunk: int = 0
     budget: int = 0
     max_spend_per_minute: int = 0
+    priority: int = 5
+    verification: str = "none"
+    quorum_k: int = 1
+    quorum_m: int = 1
+    spot_per_mille: int = 0
+    salt: str = ""
+
+
+class PersistTaskSettings(Effect, tag="p_task_settings", frozen=True):
+    task_id: str
+    max_concurrency: int
+    priority: int
+
+
+class PersistVote(Effect, tag="p_vote", frozen=True):
+    """A replica's result under verification, durable before the worker is told."""
+
+    task_id: str
+    chunk_index: int
+    lease_id: int
+    account_id: str
+    worker_id: str
+    digest: str
+    output: bytes
+    at_ms: int
+
+
+class PersistVotesCleared(Effect, tag="p_votes_cleared", frozen=True):
+    task_id: str
+    chunk_index: int | None  # None: every chunk of the task
 
 
 class PersistTaskState(Effect, tag="p_task_state", frozen=True):
@@ -129,5 +159,5 @@ class PersistWithdrawal(Effect, tag="p_withdrawal", frozen=True):
 
 PERSISTENT = (
     PersistTask, PersistTaskState, PersistResult, PersistFailure, PersistTransfer,
-    PersistWithdrawal,
+    PersistWithdrawal, PersistTaskSettings, PersistVote, PersistVotesCleared,
 )

@@ -40,6 +40,34 @@ class TaskSubmitted(Event, tag="task_submitted", frozen=True):
     price_per_chunk: int = 0
     budget: int = 0
     max_spend_per_minute: int = 0
+    priority: int = 5
+    verification: str = "none"
+    quorum_k: int = 1
+    quorum_m: int = 1
+    spot_per_mille: int = 0
+    salt: str = ""  # random, from the adapter: decides which chunks get spot checks
+
+
+class TaskPause(Event, tag="task_pause", frozen=True):
+    """Stop leasing; revoke the task's leases at once (their chunks return, uncharged)."""
+
+    task_id: str
+
+
+class TaskResume(Event, tag="task_resume", frozen=True):
+    task_id: str
+
+
+class TaskUpdate(Event, tag="task_update", frozen=True):
+    """Change a live task's cap or priority; a lower cap lets running chunks finish."""
+
+    task_id: str
+    max_concurrency: int | None = None
+    priority: int | None = None
+
+
+class WhyIdleIn(Event, tag="why_idle", frozen=True):
+    session_id: str
 
 
 class TaskFund(Event, tag="task_fund", frozen=True):
@@ -126,6 +154,10 @@ AnyEvent = (
     | TaskSubmitted
     | TaskCancel
     | TaskFund
+    | TaskPause
+    | TaskResume
+    | TaskUpdate
+    | WhyIdleIn
     | Deposit
     | Withdraw
     | WithdrawalDecision

@@ -18,6 +18,7 @@ class TaskState(IntEnum):
     COMPLETED = 1
     FAILED = 2  # finished, but at least one chunk failed for good
     CANCELLED = 3
+    PAUSED = 4  # no new leases; its leases were revoked; resumable
 
     @property
     def label(self) -> str:
@@ -36,7 +37,9 @@ class ChunkState(IntEnum):
 
 
 TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.RUNNING: frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.RUNNING: frozenset({
+        TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.PAUSED}),
+    TaskState.PAUSED: frozenset({TaskState.RUNNING, TaskState.CANCELLED}),
     TaskState.COMPLETED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),

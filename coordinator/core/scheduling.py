@@ -1,8 +1,13 @@
 """Which chunk goes to which worker slot.
 
-Runnable tasks rotate round-robin, so free slots spread across tasks; a task's cap on
-concurrent leases ("bucket slots") and its capability requirements are checked for every
-lease. A chunk that failed on a worker goes to a different worker when one can take it.
+Weighted fair share: a free slot goes to the customer with the fewest chunks in flight,
+and among that customer's tasks to the one with the fewest in flight per unit of priority
+(1-10). So one huge task cannot starve a small one, and a task alone gets every capable
+slot up to its cap. A task is a candidate for a slot only if the worker meets its
+requirements, it is under its concurrency cap ("bucket slots"), its escrow can pay for one
+more chunk and the worker's account is in good standing. A chunk that failed on a worker
+goes to another worker when one can take it; a chunk under verification never goes twice
+to the same account.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from coordinator.core.state import Lease, Session, Task
 if TYPE_CHECKING:
     from coordinator.core.core import Core
 
+WEIGHT_SCALE = 2520  # divisible by every priority 1..10, so shares compare exactly
+
 
 class Scheduler:
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.runnable: dict[str, None] = {}  # insertion order is the rotation
+        self.runnable: dict[str, None] = {}  # running tasks with pending chunks
         self.free_sessions: dict[str, None] = {}
+        self.in_flight: dict[str, int] = {}  # customer -> leases of their running tasks
         self._match: dict[tuple[str, str], bool] = {}
         self.dirty = False
 
@@ -48,7 +56,8 @@ class Scheduler:
         for key in [k for k in self._match if k[0] == session.id]:
             del self._match[key]
 
-    def task_slot_freed(self, task: Task) -> None:
+    def lease_ended(self, task: Task) -> None:
+        self.in_flight[task.owner] -= 1
         if task.pending > 0:
             self.dirty = True
 
@@ -69,56 +78,88 @@ class Scheduler:
             self.fill_session(session, now)
 
     def fill_session(self, session: Session, now: int) -> None:
+        limit = self.core.trust.lease_limit(session.worker_key, now)
         while session.free > 0 and self.runnable:
+            if limit is not None and len(session.leases) >= limit:
+                break
             if not self._lease_one(session, now):
                 break
         if session.free <= 0:
             self.free_sessions.pop(session.id, None)
 
     def _lease_one(self, session: Session, now: int) -> bool:
-        for task_id in list(self.runnable):
+        """Lease the fairest eligible chunk to ``session``; False if there is none."""
+        best: tuple[int, int] | None = None
+        choice: tuple[Task, int] | None = None
+        for task_id in self.runnable:
             task = self.core.tasks[task_id]
-            if (task.leased >= task.max_concurrency or not self._matches(session, task)
-                    or not self.core.treasury.can_lease(task, now)):
+            share = (self.in_flight.get(task.owner, 0),
+                     task.leased * WEIGHT_SCALE // task.priority)
+            if best is not None and share >= best:
                 continue
-            chunk = self._next_chunk(task, session)
-            if chunk is None:
+            if not self.eligible(task, session, now):
                 continue
-            self._grant(task, chunk, session, now)
-            if task.pending == 0:
-                del self.runnable[task_id]
-            elif task_id in self.runnable:  # rotate: the next free slot tries another task
-                del self.runnable[task_id]
-                self.runnable[task_id] = None
-            return True
-        return False
+            chunk = self._peek_chunk(task, session)
+            if chunk is not None:
+                best, choice = share, (task, chunk)
+        if choice is None:
+            return False
+        task, chunk = choice
+        self._take(task, chunk)
+        self._grant(task, chunk, session, now)
+        if task.pending == 0:
+            del self.runnable[task.id]
+        return True
 
-    def _matches(self, session: Session, task: Task) -> bool:
+    def eligible(self, task: Task, session: Session, now: int) -> bool:
+        return (task.leased < task.max_concurrency and self.matches(session, task)
+                and self.core.treasury.can_lease(task, now))
+
+    def matches(self, session: Session, task: Task) -> bool:
         key = (session.id, task.id)
         hit = self._match.get(key)
         if hit is None:
             hit = self._match[key] = not unmet(session.capabilities, task.requirements)
         return hit
 
-    def _next_chunk(self, task: Task, session: Session) -> int | None:
-        key = session.worker_key
-        for i, chunk in enumerate(task.requeue):
-            failed_on = task.failed_on.get(chunk, ())
-            if key not in failed_on or not self._someone_fresh(task, failed_on):
-                del task.requeue[i]
+    def _peek_chunk(self, task: Task, session: Session) -> int | None:
+        for chunk in task.requeue:
+            if self._suits(task, chunk, session):
                 return chunk
         states = task.chunk_state
         while task.cursor < task.chunks_total:
-            task.cursor += 1
-            if states[task.cursor - 1] == ChunkState.PENDING:
-                return task.cursor - 1
+            chunk = task.cursor
+            if states[chunk] != ChunkState.PENDING:
+                task.cursor += 1
+            elif chunk in task.votes:  # after a restart: a vote is in, route it like a retry
+                task.cursor += 1
+                task.requeue.append(chunk)
+                if self._suits(task, chunk, session):
+                    return chunk
+            else:
+                return chunk
         return None
 
+    def _take(self, task: Task, chunk: int) -> None:
+        if task.cursor < task.chunks_total and chunk == task.cursor:
+            task.cursor += 1
+        else:
+            task.requeue.remove(chunk)
+
+    def _suits(self, task: Task, chunk: int, session: Session) -> bool:
+        votes = task.votes.get(chunk)
+        if votes and any(v.account_id == session.account_id for v in votes):
+            return False  # replicas must come from distinct accounts
+        failed_on = task.failed_on.get(chunk, ())
+        return session.worker_key not in failed_on or not self._someone_fresh(task, failed_on)
+
     def _someone_fresh(self, task: Task, failed_on: set[str] | tuple[()]) -> bool:
-        """Is a live, capable worker there that has not failed this chunk yet? If not, a
-        worker that failed it may retry it rather than leave it pending forever."""
+        """Is a live, capable worker in good standing there that has not failed this chunk
+        yet? If not, a worker that failed it may retry it rather than leave it pending."""
+        trust, now = self.core.trust, self.core.now
         return any(
-            s.worker_key not in failed_on and self._matches(s, task)
+            s.worker_key not in failed_on and self.matches(s, task)
+            and trust.lease_limit(s.worker_key, now) != 0
             for s in self.core.sessions.values()
         )
 
@@ -128,11 +169,10 @@ class Scheduler:
         # in round n // s + 1, each round at most one chunk timeout (the worker's own limit;
         # the longest of the chunks ahead, which may belong to other tasks).
         rounds = len(session.leases) // session.slots + 1
-        round_ms = max(
-            [task.chunk_timeout_ms] + [
-                core.tasks[core.leases[i].task_id].chunk_timeout_ms for i in session.leases
-            ] if rounds > 1 else [task.chunk_timeout_ms]
-        )
+        round_ms = task.chunk_timeout_ms
+        if rounds > 1:
+            round_ms = max([round_ms] + [
+                core.tasks[core.leases[i].task_id].chunk_timeout_ms for i in session.leases])
         lease = Lease(
             id=core.new_lease_id(), task_id=task.id, chunk=chunk, session_id=session.id,
             worker_key=session.worker_key, account_id=session.account_id,
@@ -143,9 +183,39 @@ class Scheduler:
         task.lease_of_chunk[chunk] = lease.id
         task.chunk_state[chunk] = check_chunk_move(task.chunk_state[chunk], ChunkState.LEASED)
         task.leased += 1
+        self.in_flight[task.owner] = self.in_flight.get(task.owner, 0) + 1
         session.leases.add(lease.id)
         core.emit(fx.AssignChunk(
             core.cause, session.id, lease.id, task.id, chunk, task.code_ref,
-            task.chunk_timeout_ms, task.failures.get(chunk, 0) + 1,
+            task.chunk_timeout_ms, task.failures.get(chunk, 0) + len(task.votes.get(chunk, ()))
+            + 1,
         ))
         core.emit(fx.TaskChanged(core.cause, task.id))
+
+    # ---- why a worker is idle ---------------------------------------------------------
+
+    def why_idle(self, session: Session, now: int) -> list[str]:
+        """Plain reasons a session with free slots gets no work, one per task at most."""
+        limited = self.core.trust.why_limited(session.worker_key, now)
+        if limited is not None and (limited.startswith("quarantined") or session.leases):
+            return [f"this worker is {limited}"]
+        if session.free <= 0:
+            return ["every slot (and prefetch) is in use"]
+        reasons = []
+        for task in self.core.tasks.values():
+            if task.state is TaskState.PAUSED:
+                reasons.append(f"task {task.id} is paused")
+            if task.state is not TaskState.RUNNING or task.pending == 0:
+                continue
+            missing = unmet(session.capabilities, task.requirements)
+            if missing:
+                reasons.append(f"task {task.id} requires {', '.join(missing)}")
+            elif task.leased >= task.max_concurrency:
+                reasons.append(f"task {task.id} is at its cap of {task.max_concurrency} "
+                               "chunks at once")
+            elif not self.core.treasury.can_lease(task, now):
+                reasons.append(f"task {task.id} needs funds")
+            elif self._peek_chunk(task, session) is None:
+                reasons.append(f"task {task.id}: its pending chunks need a different worker "
+                               "(verification or retry on another account)")
+        return reasons or ["no task has pending work"]

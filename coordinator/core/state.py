@@ -31,6 +31,12 @@ class Task:
     budget: int = 0  # what the task was funded with when created
     max_spend_per_minute: int = 0  # 0: no limit
     spent: int = 0  # paid out of escrow for accepted chunks
+    priority: int = 5  # 1-10: its weight among its owner's tasks in the fair share
+    verification: str = "none"  # none, spot or quorum
+    quorum_k: int = 1  # quorum: replicas run on distinct accounts ...
+    quorum_m: int = 1  # ... of which this many must agree by digest
+    spot_per_mille: int = 0  # spot: how many chunks in 1000 get a second opinion
+    salt: str = ""  # secret per task: which chunks get spot checks, unguessable by workers
     state: TaskState = TaskState.RUNNING
     finished_ms: int | None = None
     chunk_state: bytearray = field(default_factory=bytearray)
@@ -44,6 +50,8 @@ class Task:
     failed_on: dict[int, set[str]] = field(default_factory=dict)  # chunk -> worker keys
     last_error: dict[int, str] = field(default_factory=dict)
     lease_of_chunk: dict[int, int] = field(default_factory=dict)
+    votes: dict[int, list[Vote]] = field(default_factory=dict)  # results awaiting a verdict
+    votes_held: int = 0  # results in ``votes``: each keeps its price reserved in escrow
 
     def __post_init__(self) -> None:
         if not self.chunk_state:
@@ -67,6 +75,19 @@ class Task:
             ChunkState.DONE: self.done,
             ChunkState.FAILED: self.failed,
         }[state]
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One replica's result for a chunk under verification, kept (and persisted) until the
+    chunk is accepted: then the agreeing ones are paid and the rest are not."""
+
+    lease_id: int
+    account_id: str
+    worker_id: str
+    digest: str  # computed by the coordinator over the output, never taken from the worker
+    output: bytes
+    at_ms: int
 
 
 @dataclass(slots=True)

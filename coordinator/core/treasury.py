@@ -29,7 +29,7 @@ from coordinator.core.ledger import (
     pending,
     wallet,
 )
-from coordinator.core.state import Lease, Task
+from coordinator.core.state import Task
 
 if TYPE_CHECKING:
     from coordinator.core.core import Core
@@ -73,7 +73,8 @@ class Treasury:
     # ---- tasks ------------------------------------------------------------------------
 
     def reserved(self, task: Task) -> int:
-        return task.leased * task.price
+        """The price of the chunks in flight and of results awaiting their verdict."""
+        return (task.leased + task.votes_held) * task.price
 
     def available(self, task: Task) -> int:
         """What the task's escrow holds beyond the price of the chunks in flight."""
@@ -91,7 +92,7 @@ class Treasury:
 
     def needs(self, task: Task) -> int:
         """How much more escrow the task needs to finish (0 when it is covered)."""
-        return max(0, (task.pending + task.leased) * task.price
+        return max(0, (task.pending + task.leased + task.votes_held) * task.price
                    - self.ledger.balance(escrow(task.id)))
 
     def last_minute(self, task: Task, now: int) -> tuple[int, int]:
@@ -121,7 +122,7 @@ class Treasury:
         self.transfer("fund", move(wallet(task.owner), escrow(task.id), amount),
                       task_id=task.id)
 
-    def pay(self, task: Task, lease: Lease) -> int:
+    def pay(self, task: Task, account_id: str, worker_id: str, chunk: int, lease_id: int) -> int:
         """Pay one accepted chunk out of escrow: the fee to the platform, the rest to the
         worker. Returns what the worker was credited."""
         self._count(task, task.price)
@@ -132,9 +133,8 @@ class Treasury:
         self.transfer(
             "payout",
             entries_of((escrow(task.id), -task.price), (PLATFORM, fee),
-                       (wallet(lease.account_id), share)),
-            task_id=task.id, chunk=lease.chunk, lease_id=lease.id,
-            memo=f"worker {lease.worker_id}",
+                       (wallet(account_id), share)),
+            task_id=task.id, chunk=chunk, lease_id=lease_id, memo=f"worker {worker_id}",
         )
         return share
 

@@ -17,7 +17,7 @@ import aiosqlite
 import anyio
 
 from coordinator.core import effects as fx
-from coordinator.core.state import Task, worker_key
+from coordinator.core.state import Task, Vote, worker_key
 from coordinator.core.treasury import Withdrawal
 
 SCHEMA = """
@@ -39,8 +39,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     chunk_timeout_ms INTEGER NOT NULL, requirements TEXT NOT NULL, code_ref TEXT NOT NULL,
     created_ms INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'running', finished_ms INTEGER,
     price_per_chunk INTEGER NOT NULL DEFAULT 0, budget INTEGER NOT NULL DEFAULT 0,
-    max_spend_per_minute INTEGER NOT NULL DEFAULT 0
+    max_spend_per_minute INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 5,
+    verification TEXT NOT NULL DEFAULT 'none', quorum_k INTEGER NOT NULL DEFAULT 1,
+    quorum_m INTEGER NOT NULL DEFAULT 1, spot_per_mille INTEGER NOT NULL DEFAULT 0,
+    salt TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS votes (
+    task_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, lease_id INTEGER PRIMARY KEY,
+    account_id TEXT NOT NULL, worker_id TEXT NOT NULL, digest TEXT NOT NULL,
+    output BLOB NOT NULL, at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS votes_chunk ON votes(task_id, chunk_index);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, created_ms);
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, lease_id INTEGER NOT NULL,
@@ -81,16 +90,18 @@ CREATE TABLE IF NOT EXISTS withdrawals (
 _INSERT_TASK = (
     "INSERT INTO tasks (id, owner, name, chunks_total, items_total, chunk_size, max_concurrency,"
     " max_attempts, chunk_timeout_ms, requirements, code_ref, created_ms, price_per_chunk,"
-    " budget, max_spend_per_minute) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " budget, max_spend_per_minute, priority, verification, quorum_k, quorum_m,"
+    " spot_per_mille, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_TRANSFER = (
     "INSERT INTO transfers (id, kind, at_ms, key, task_id, chunk_index, lease_id, memo)"
     " VALUES (?,?,?,?,?,?,?,?)"
 )
-_ADD_BALANCE = (
-    "INSERT INTO balances (account, balance) VALUES (?, ?)"
-    " ON CONFLICT(account) DO UPDATE SET balance = balance + excluded.balance"
-)
+# Two steps, not one upsert: SQLite checks CHECK constraints on the row an upsert would
+# insert before it sees the conflict, so a debit (a negative delta) of an existing account
+# failed "balance >= 0". The UPDATE is checked on the account's new balance.
+_OPEN_BALANCE = "INSERT INTO balances (account, balance) VALUES (?, 0) ON CONFLICT DO NOTHING"
+_ADD_BALANCE = "UPDATE balances SET balance = balance + ? WHERE account = ?"
 _UPSERT_WITHDRAWAL = (
     "INSERT INTO withdrawals (id, account_id, amount, state, created_ms, updated_ms)"
     " VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET state = excluded.state,"
@@ -110,6 +121,12 @@ _TASK_COLUMNS_ADDED = {
     "price_per_chunk": "INTEGER NOT NULL DEFAULT 0",
     "budget": "INTEGER NOT NULL DEFAULT 0",
     "max_spend_per_minute": "INTEGER NOT NULL DEFAULT 0",
+    "priority": "INTEGER NOT NULL DEFAULT 5",
+    "verification": "TEXT NOT NULL DEFAULT 'none'",
+    "quorum_k": "INTEGER NOT NULL DEFAULT 1",
+    "quorum_m": "INTEGER NOT NULL DEFAULT 1",
+    "spot_per_mille": "INTEGER NOT NULL DEFAULT 0",
+    "salt": "TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -175,6 +192,9 @@ class SqliteStore:
         transfers: list[tuple[object, ...]] = []
         entries: list[tuple[int, str, int]] = []
         withdrawals: list[tuple[object, ...]] = []
+        settings: list[tuple[int, int, str]] = []
+        votes: list[tuple[object, ...]] = []
+        cleared: list[tuple[str, int | None]] = []
         for e in effects:
             match e:
                 case fx.PersistResult():
@@ -192,7 +212,8 @@ class SqliteStore:
                         e.task_id, e.owner, e.name, e.chunks_total, e.items_total,
                         e.chunk_size, e.max_concurrency, e.max_attempts, e.chunk_timeout_ms,
                         json.dumps(e.requirements), e.code_ref, e.created_ms,
-                        e.price_per_chunk, e.budget, e.max_spend_per_minute,
+                        e.price_per_chunk, e.budget, e.max_spend_per_minute, e.priority,
+                        e.verification, e.quorum_k, e.quorum_m, e.spot_per_mille, e.salt,
                     ))
                 case fx.PersistTaskState():
                     states.append((e.state, e.finished_ms, e.task_id))
@@ -200,6 +221,13 @@ class SqliteStore:
                     transfers.append((e.id, e.kind, e.at_ms, e.key, e.task_id, e.chunk,
                                       e.lease_id, e.memo))
                     entries.extend((e.id, account, amount) for account, amount in e.entries)
+                case fx.PersistTaskSettings():
+                    settings.append((e.max_concurrency, e.priority, e.task_id))
+                case fx.PersistVote():
+                    votes.append((e.task_id, e.chunk_index, e.lease_id, e.account_id,
+                                  e.worker_id, e.digest, e.output, e.at_ms))
+                case fx.PersistVotesCleared():
+                    cleared.append((e.task_id, e.chunk_index))
                 case fx.PersistWithdrawal():
                     withdrawals.append((e.id, e.account_id, e.amount, e.state, e.created_ms,
                                         e.updated_ms))
@@ -222,9 +250,24 @@ class SqliteStore:
                     await db.executemany(
                         "INSERT INTO entries (transfer_id, account, amount) VALUES (?,?,?)",
                         entries)
-                    await db.executemany(_ADD_BALANCE, [(a, n) for _, a, n in entries])
+                    await db.executemany(_OPEN_BALANCE, [(a,) for _, a, _ in entries])
+                    await db.executemany(_ADD_BALANCE, [(n, a) for _, a, n in entries])
                 if withdrawals:
                     await db.executemany(_UPSERT_WITHDRAWAL, withdrawals)
+                if settings:
+                    await db.executemany(
+                        "UPDATE tasks SET max_concurrency = ?, priority = ? WHERE id = ?",
+                        settings)
+                if votes:
+                    await db.executemany(
+                        "INSERT INTO votes (task_id, chunk_index, lease_id, account_id,"
+                        " worker_id, digest, output, at_ms) VALUES (?,?,?,?,?,?,?,?)", votes)
+                for task_id, chunk in cleared:  # after inserts: a turn may add then clear
+                    if chunk is None:
+                        await db.execute("DELETE FROM votes WHERE task_id = ?", (task_id,))
+                    else:
+                        await db.execute("DELETE FROM votes WHERE task_id = ? AND"
+                                         " chunk_index = ?", (task_id, chunk))
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
@@ -239,7 +282,8 @@ class SqliteStore:
         rows = await self.db.execute_fetchall(
             "SELECT id, owner, name, chunks_total, items_total, chunk_size, max_concurrency,"
             " max_attempts, chunk_timeout_ms, requirements, code_ref, created_ms, state,"
-            " finished_ms, price_per_chunk, budget, max_spend_per_minute"
+            " finished_ms, price_per_chunk, budget, max_spend_per_minute, priority,"
+            " verification, quorum_k, quorum_m, spot_per_mille, salt"
             " FROM tasks ORDER BY created_ms"
         )
         for r in rows:
@@ -248,8 +292,17 @@ class SqliteStore:
                 chunk_size=r[5], max_concurrency=r[6], max_attempts=r[7],
                 chunk_timeout_ms=r[8], requirements=json.loads(r[9]), code_ref=r[10],
                 created_ms=r[11], state=TaskState[str(r[12]).upper()], finished_ms=r[13],
-                price=r[14], budget=r[15], max_spend_per_minute=r[16],
+                price=r[14], budget=r[15], max_spend_per_minute=r[16], priority=r[17],
+                verification=r[18], quorum_k=r[19], quorum_m=r[20], spot_per_mille=r[21],
+                salt=r[22],
             )
+            for v in await self.db.execute_fetchall(
+                "SELECT chunk_index, lease_id, account_id, worker_id, digest, output, at_ms"
+                " FROM votes WHERE task_id = ? ORDER BY lease_id", (task.id,)
+            ):
+                task.votes.setdefault(int(v[0]), []).append(
+                    Vote(int(v[1]), str(v[2]), str(v[3]), str(v[4]), bytes(v[5]), int(v[6])))
+                task.votes_held += 1
             done = [
                 (int(c), int(n)) for c, n in await self.db.execute_fetchall(
                     "SELECT chunk_index, items FROM results WHERE task_id = ?", (task.id,)
@@ -314,6 +367,44 @@ class SqliteStore:
             (task_id, lo, hi),
         )
         return {int(r[0]): str(r[1]) for r in rows}
+
+    # ---- money queries (what the in-memory ledger does not keep) -----------------------
+
+    async def account_ids(self) -> list[str]:
+        rows = await self.reader.execute_fetchall("SELECT id FROM accounts ORDER BY created_ms")
+        return [str(r[0]) for r in rows]
+
+    async def account_exists(self, account_id: str) -> bool:
+        return await self.one("SELECT 1 FROM accounts WHERE id = ?", (account_id,)) is not None
+
+    async def transfer_id(self, key: str) -> int | None:
+        """The id of the transfer made under idempotency ``key``, if it committed."""
+        row = await self.one("SELECT id FROM transfers WHERE key = ?", (key,))
+        return None if row is None else int(row[0])
+
+    async def entries_page(self, accounts: Sequence[str], offset: int, limit: int
+                           ) -> list[tuple[int, str, str, int, int, str | None, int | None, str]]:
+        """Entries on ``accounts``, newest first: (transfer id, kind, account, amount, at_ms,
+        task_id, chunk, memo)."""
+        marks = ",".join("?" * len(accounts))
+        rows = await self.reader.execute_fetchall(
+            "SELECT t.id, t.kind, e.account, e.amount, t.at_ms, t.task_id, t.chunk_index, t.memo"
+            f" FROM entries e JOIN transfers t ON t.id = e.transfer_id WHERE e.account IN ({marks})"
+            " ORDER BY e.transfer_id DESC, e.account LIMIT ? OFFSET ?",
+            (*accounts, limit, offset),
+        )
+        return [(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), r[5], r[6], str(r[7]))
+                for r in rows]
+
+    async def earnings(self, account: str) -> list[tuple[str, int, int]]:
+        """(task_id, chunks paid, credited) of the payouts to ``account``, oldest task first."""
+        rows = await self.reader.execute_fetchall(
+            "SELECT t.task_id, COUNT(*), SUM(e.amount) FROM entries e"
+            " JOIN transfers t ON t.id = e.transfer_id"
+            " WHERE e.account = ? AND t.kind = 'payout' GROUP BY t.task_id ORDER BY MIN(t.id)",
+            (account,),
+        )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         async with self.reader.execute(sql, args) as cur:

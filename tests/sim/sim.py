@@ -50,6 +50,7 @@ from coordinator.core.events import (
 from coordinator.core.invariants import check_invariants
 from coordinator.core.lifecycle import TERMINAL_TASK_STATES, TaskState
 from coordinator.core.state import Task, worker_key
+from coordinator.core.trust import TrustConfig
 from schema.worker import (
     PROTOCOL_VERSION,
     Accepted,
@@ -60,7 +61,10 @@ from schema.worker import (
     Welcome,
 )
 
-CONFIG = CoreConfig()
+# No rate limits or quarantine here: the drain and deadlock checks assume every live worker
+# can take work. Fault attribution has its own tests (tests/core/test_scheduling_rules.py).
+CONFIG = CoreConfig(trust=TrustConfig(rate_limit_blame=10**9, quarantine_blame=10**9,
+                                      invalid_quarantine=10**9))
 TICK_MS = 250
 REQUIREMENTS = ["gpu", "python>=3.10", "mem_gb>=8", "region!=eu"]
 ALL_CAPS = ["gpu", "python=3.12", "mem_gb=64", "region=us"]  # meets every requirement above
