@@ -13,11 +13,19 @@ tail of the failing chunk's output.
 
 A child loads the code of one digest only. To run a different task's code the parent starts a
 fresh child, so one customer's modules, monkeypatches and threads never see another's data.
+
+Before answering ``Ready`` the child confines itself with the layers of ``client.sandbox``
+(resource limits, namespaces, no capabilities, Landlock, seccomp): its scratch directory is the
+only place it can write and its code directory (a private copy the parent makes) the only task
+path it can read. It does this while it is still a single thread and before any customer code
+is imported. A failure that the sandbox explains (a denied system call, a full scratch space, a
+file over the size limit, the memory cap) gets a ``sandbox:`` line in the failure reason.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import os
 import signal
@@ -31,19 +39,36 @@ from typing import Any
 
 import msgspec
 
-from client.sandbox import SandboxLimits, apply_sandbox
+from client.sandbox import (
+    SandboxConfig,
+    SandboxError,
+    SandboxLimits,
+    apply_sandbox,
+    missing_layers,
+)
+from client.sandbox.rlimit import fmt_bytes
 
 # ---- protocol ------------------------------------------------------------------------------
 
 
 class Init(msgspec.Struct, tag="init", array_like=True, frozen=True):
-    """Parent -> child, first frame: apply these limits, then answer ``Ready``."""
+    """Parent -> child, first frame: apply this sandbox, then answer ``Ready``.
+
+    Empty ``scratch_dir``/``code_dir`` mean none. ``skip`` names sandbox layers to leave out.
+    A child that cannot satisfy ``sandbox`` ``strict`` answers ``Failed`` and exits.
+    """
 
     memory_bytes: int
     open_files: int
     file_size_bytes: int
     cpu_seconds: int
     output_bytes_max: int
+    scratch_dir: str = ""
+    code_dir: str = ""
+    scratch_bytes_max: int = 256 << 20
+    tmp_bytes_max: int = 64 << 20
+    sandbox: str = "auto"
+    skip: list[str] = []
 
 
 class Run(msgspec.Struct, tag="run", array_like=True, frozen=True):
@@ -56,8 +81,11 @@ class Run(msgspec.Struct, tag="run", array_like=True, frozen=True):
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True):
+    """The active sandbox layers, one line each, and ``"name: why"`` for each missing one."""
+
     pid: int
     layers: list[str]
+    missing: list[str] = []
 
 
 class Progress(msgspec.Struct, tag="progress", array_like=True, frozen=True):
@@ -70,11 +98,13 @@ class Done(msgspec.Struct, tag="done", array_like=True, frozen=True):
 
     output: msgspec.Raw
     count: int
+    cpu_ms: int = 0  # CPU time the child has used in its life so far
 
 
 class Failed(msgspec.Struct, tag="failed", array_like=True, frozen=True):
     reason: str
     retryable: bool
+    cpu_ms: int = 0
 
 
 ParentMsg = Init | Run
@@ -242,8 +272,11 @@ class Channel:
 
 
 class Child:
-    def __init__(self, channel: Channel, log_fd: int, output_bytes_max: int) -> None:
+    def __init__(
+        self, channel: Channel, log_fd: int, output_bytes_max: int, init: Init | None = None
+    ) -> None:
         self._channel = channel
+        self._init = init
         self._log_fd = log_fd
         self._log_is_file = stat.S_ISREG(os.fstat(log_fd).st_mode)
         self._output_bytes_max = output_bytes_max
@@ -265,7 +298,8 @@ class Child:
             if isinstance(msg, Run):
                 reply = self.run(msg)
                 _flush_customer_streams()
-                self._channel.send(reply)
+                cpu_ms = int(time.process_time() * 1000)
+                self._channel.send(msgspec.structs.replace(reply, cpu_ms=cpu_ms))
             else:
                 self._channel.send(Failed("unexpected second init frame", retryable=False))
 
@@ -276,7 +310,8 @@ class Child:
         except Rejected as exc:
             return Failed(clip(str(exc)), retryable=False)
         except BaseException as exc:
-            return Failed(clip(f"importing main.py failed:\n{format_failure(exc)}"), True)
+            reason = f"importing main.py failed:\n{format_failure(exc)}"
+            return Failed(clip(self._explain(reason, exc)), True)
         try:
             items = self._items_decoder.decode(msg.items)
         except msgspec.DecodeError as exc:
@@ -313,9 +348,8 @@ class Child:
             try:
                 result = fn(item)
             except BaseException as exc:
-                raise _CustomerError(
-                    f"process() raised on item {index}:\n{format_failure(exc)}"
-                ) from None
+                reason = f"process() raised on item {index}:\n{format_failure(exc)}"
+                raise _CustomerError(self._explain(reason, exc)) from None
             if type(result) not in _SCALARS:
                 bad = json_problem(result)
                 if bad is not None:
@@ -333,9 +367,8 @@ class Child:
         try:
             result = fn(items)
         except BaseException as exc:
-            raise _CustomerError(
-                f"process_chunk() raised on a chunk of {total} items:\n{format_failure(exc)}"
-            ) from None
+            reason = f"process_chunk() raised on a chunk of {total} items:\n{format_failure(exc)}"
+            raise _CustomerError(self._explain(reason, exc)) from None
         if not isinstance(result, list | tuple):
             raise Rejected(
                 f"process_chunk() must return a list with one output per item; "
@@ -367,9 +400,59 @@ class Child:
             )
         return data
 
+    def _explain(self, reason: str, exc: BaseException) -> str:
+        """``reason`` with a ``sandbox:`` line when a sandbox limit explains ``exc``."""
+        hint = sandbox_hint(exc, self._init) if self._init is not None else None
+        return f"{reason}\nsandbox: {hint}" if hint else reason
+
     def _reset_log(self) -> None:
         if self._log_is_file and os.fstat(self._log_fd).st_size:
             os.ftruncate(self._log_fd, 0)
+
+
+def sandbox_hint(exc: BaseException, init: Init) -> str | None:
+    """What in the sandbox stopped ``exc`` (or an exception it was raised from), if anything."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        hint = _hint_one(cur, init)
+        if hint is not None:
+            return hint
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def _hint_one(exc: BaseException, init: Init) -> str | None:
+    if isinstance(exc, MemoryError):
+        return (
+            f"out of memory: a worker child may use at most {fmt_bytes(init.memory_bytes)} "
+            "of address space (memory_bytes)"
+        )
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno
+    if code in (errno.EPERM, errno.EACCES):
+        return (
+            "denied by the worker's sandbox: customer code may not use the network, start "
+            "programs or processes, signal other processes, or touch files outside its code "
+            "directory (read-only) and its scratch directory (the working directory, also $TMPDIR)"
+        )
+    if code == errno.EFBIG:
+        return (
+            f"a file reached the size limit of {fmt_bytes(init.file_size_bytes)} "
+            "(file_size_bytes); printed output counts as a file too"
+        )
+    if code == errno.ENOSPC:
+        return (
+            f"the scratch space is full: {fmt_bytes(init.scratch_bytes_max)} in the scratch "
+            f"directory and {fmt_bytes(init.tmp_bytes_max)} in /tmp"
+        )
+    if code == errno.EROFS:
+        return "the code directory is read-only; write to the scratch directory instead"
+    if code in (errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN):
+        return "the worker's sandbox has no network"
+    return None
 
 
 class _CustomerError(Exception):
@@ -410,6 +493,23 @@ def _die_with_parent() -> None:
         os._exit(0)  # the parent died before prctl took effect
 
 
+def _explain_shell_denial() -> None:
+    """Make ``os.system`` raise under seccomp instead of returning exit status 127.
+
+    The C library's ``system()`` turns the denied fork into a plain "shell could not run" status,
+    which customer code easily ignores; a ``PermissionError`` says what happened.
+    """
+
+    def system(command: object) -> int:
+        raise PermissionError(
+            errno.EPERM,
+            f"os.system({command!r:.60}) cannot start programs: the worker's sandbox forbids "
+            "new processes",
+        )
+
+    setattr(os, "system", system)  # noqa: B010 (mypy would reject a direct assignment)
+
+
 def main() -> None:
     _die_with_parent()
     # Protocol fds first, before anything can print. os.dup gives non-inheritable fds, so
@@ -431,9 +531,25 @@ def main() -> None:
         file_size_bytes=init.file_size_bytes,
         cpu_seconds=init.cpu_seconds,
     )
-    layers = apply_sandbox(limits)
-    channel.send(Ready(os.getpid(), layers))
-    Child(channel, log_fd, init.output_bytes_max).serve()
+    config = SandboxConfig(
+        limits,
+        scratch_dir=init.scratch_dir or None,
+        code_dir=init.code_dir or None,
+        scratch_bytes_max=init.scratch_bytes_max,
+        tmp_bytes_max=init.tmp_bytes_max,
+        mode=init.sandbox,
+        skip=frozenset(init.skip),
+    )
+    try:
+        layers = apply_sandbox(config)
+    except (SandboxError, ValueError) as exc:
+        channel.send(Failed(f"the sandbox could not be set up: {exc}", retryable=False))
+        raise SystemExit(1) from None
+    _die_with_parent()  # again: changing credentials may have cleared the parent-death signal
+    if any(line.startswith("seccomp:") for line in layers):
+        _explain_shell_denial()
+    channel.send(Ready(os.getpid(), layers, missing_layers()))
+    Child(channel, log_fd, init.output_bytes_max, init).serve()
 
 
 if __name__ == "__main__":

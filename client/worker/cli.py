@@ -1,6 +1,7 @@
 """``tn-worker``: run workers that take chunks from a coordinator.
 
   tn-worker connect --url ws://127.0.0.1:8000 --token T [--id worker-1] [--slots 2]
+                    [--sandbox auto|strict]
   tn-worker swarm worker-1 worker-2 worker-3 [same options]
 
 Options also come from the environment: TN_URL (or API_BASE), TN_TOKEN, WORKER_ID,
@@ -60,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help="where downloaded task code is kept"
     )
     common.add_argument(
+        "--sandbox",
+        choices=("auto", "strict"),
+        default="auto",
+        help="auto (default): use every sandbox layer this machine offers and say which are "
+        "missing; strict: refuse to start unless the namespaces, landlock and seccomp layers "
+        "are all active",
+    )
+    common.add_argument(
         "--memory-mb",
         type=int,
         default=1024,
@@ -96,7 +105,18 @@ def _ws_url(url: str) -> str:
     return url
 
 
+def sandbox_summary(mode: str, layers: list[str], missing: list[str]) -> str:
+    """``sandbox MODE: active layer names (missing: name: why; ...)`` for the startup line."""
+    from client.worker.runner import layer_names
+
+    active = ", ".join(layer_names(layers)) or "none"
+    return f"sandbox {mode}: {active} (missing: {'; '.join(missing) or 'none'})"
+
+
 def connect(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client.worker import runner
     from client.worker.runner import RunnerLimits
 
     opts = WorkerOptions(
@@ -108,8 +128,13 @@ def connect(args: argparse.Namespace) -> int:
         capabilities=tuple(args.capability),
         cache_dir=args.cache_dir or Path.home() / ".cache" / "tn-worker",
         heartbeat_ms=int(args.heartbeat * 1000) if args.heartbeat else None,
-        limits=RunnerLimits(memory_bytes=args.memory_mb << 20),
+        limits=RunnerLimits(memory_bytes=args.memory_mb << 20, sandbox=args.sandbox),
     )
+    try:  # one child up front: which layers this machine offers, and strict's refusal
+        layers, missing = asyncio.run(runner.probe_sandbox(opts.limits))
+    except runner.ChildStartError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     worker = Worker(opts, on_event=lambda line: print(line, flush=True))
 
     async def main() -> None:
@@ -126,7 +151,11 @@ def connect(args: argparse.Namespace) -> int:
             await worker.run()
             tg.cancel_scope.cancel()
 
-    print(f"tn-worker {opts.worker_id}: {opts.slots} slot(s), coordinator {opts.url}", flush=True)
+    print(
+        f"tn-worker {opts.worker_id}: {opts.slots} slot(s), coordinator {opts.url}; "
+        + sandbox_summary(args.sandbox, layers, missing),
+        flush=True,
+    )
     try:
         anyio.run(main, backend_options={"use_uvloop": True})
     except FatalError as exc:

@@ -10,6 +10,14 @@ msgspec import), so one task's modules, monkeypatches and background threads nev
 process with another task's data. Runs of the same digest reuse the warm child and its imported
 module. After a deadline, crash or protocol violation the child is killed (with its whole
 process group) and a fresh one is started before ``run`` raises.
+
+Sandbox: each child gets a private directory with ``work/`` (its scratch: working directory,
+HOME and TMPDIR, a size-capped tmpfs inside the child when namespaces are available) and
+``code/``, where the runner puts a copy of the task's code (hard links where possible) before
+the child's first chunk. The child confines itself (``client.sandbox``) before answering
+``Ready``, so the only task files it can ever read are that copy and its scratch. The child's
+CPU time is reported with every reply; a child that has used half of its lifetime CPU backstop
+is replaced before its next chunk, so the backstop never cuts an honest chunk short.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import cast
 import msgspec
 
 import client
+from client.sandbox import LAYER_NAMES, MODES, layer_name
+from client.sandbox.rlimit import CPU_RECYCLE_FRACTION
 from client.worker.child import (
     HEADER_BYTES,
     REASON_CHARS_MAX,
@@ -42,7 +52,14 @@ from client.worker.child import (
     Run,
 )
 
-__all__ = ["ChildStartError", "ChunkFailed", "RunnerLimits", "SlotRunner"]
+__all__ = [
+    "ChildStartError",
+    "ChunkFailed",
+    "RunnerLimits",
+    "SandboxRefused",
+    "SlotRunner",
+    "probe_sandbox",
+]
 
 START_TIMEOUT_S = 30.0  # spawn until Ready
 REAP_TIMEOUT_S = 5.0  # SIGKILL until the exit is observed
@@ -66,6 +83,10 @@ class ChildStartError(RuntimeError):
     """The child process could not be started or did not become ready."""
 
 
+class SandboxRefused(ChildStartError):
+    """The child could not set up the sandbox it was asked for (e.g. strict, layers missing)."""
+
+
 @dataclass(frozen=True)
 class RunnerLimits:
     memory_bytes: int = 1 << 30  # RLIMIT_AS for the child
@@ -74,11 +95,26 @@ class RunnerLimits:
     cpu_seconds_backstop: int = 3600  # RLIMIT_CPU over the child's whole life; only a backstop
     output_bytes_max: int = 16 << 20  # max size of a chunk's encoded output
     log_bytes_max: int = 64 << 10  # customer stdout/stderr tail kept per failed chunk
+    scratch_bytes_max: int = 256 << 20  # the scratch tmpfs (with the namespaces layer)
+    tmp_bytes_max: int = 64 << 20  # the private /tmp tmpfs (with the namespaces layer)
+    sandbox: str = "auto"  # "auto": the layers the machine offers; "strict": refuse without
+    # namespaces, landlock and seccomp
+    sandbox_skip: frozenset[str] = frozenset()  # layers to leave out (tests, diagnosis)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or value <= 0:
+            if f.name == "sandbox":
+                if value not in MODES:
+                    raise ValueError(f"RunnerLimits.sandbox must be one of {MODES}, got {value!r}")
+            elif f.name == "sandbox_skip":
+                unknown = set(value) - set(LAYER_NAMES)
+                if unknown:
+                    raise ValueError(
+                        f"RunnerLimits.sandbox_skip: unknown layers {sorted(unknown)}; "
+                        f"known: {', '.join(LAYER_NAMES)}"
+                    )
+            elif not isinstance(value, int) or value <= 0:
                 raise ValueError(f"RunnerLimits.{f.name} must be a positive int, got {value!r}")
 
 
@@ -197,7 +233,13 @@ class _Child:
     base_dir: Path
     log_path: Path
     layers: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
     digest: str | None = None
+    retire: bool = False  # replace before the next chunk (CPU backstop half used)
+
+    @property
+    def code_dir(self) -> Path:
+        return self.base_dir / "code"
 
     def send(self, msg: ParentMsg) -> None:
         body = _ENCODER.encode(msg)
@@ -235,6 +277,11 @@ class SlotRunner:
     def layers(self) -> list[str]:
         """The sandbox layers the current child reported as active."""
         return list(self._child.layers) if self._child is not None else []
+
+    @property
+    def missing_layers(self) -> list[str]:
+        """``"name: why"`` for each sandbox layer the current child could not use."""
+        return list(self._child.missing) if self._child is not None else []
 
     async def start(self) -> None:
         if self._closed:
@@ -279,18 +326,20 @@ class SlotRunner:
     ) -> bytes:
         child = self._child
         if child is not None and (
-            child.digest not in (None, code_digest) or child.protocol.exit_code is not None
+            child.digest not in (None, code_digest)
+            or child.protocol.exit_code is not None
+            or child.retire
         ):
-            await self._replace_child()  # new code, or the child died between chunks
+            await self._replace_child()  # new code, died between chunks, or CPU backstop
         await self.start()
         child = self._child
         assert child is not None
+        if child.digest is None:
+            await _install_code(Path(os.path.abspath(code_dir)), child.code_dir)
         child.digest = code_digest
         child.protocol.progress = None
         child.protocol.progress_done = 0
-        path = os.fspath(code_dir)
-        if not os.path.isabs(path):
-            path = os.path.abspath(path)  # the child runs in its own scratch directory
+        path = str(child.code_dir)  # the child's private copy: the only code it can read
         child.send(Run(path, code_digest, msgspec.Raw(items), on_progress is not None))
         try:
             async with asyncio.timeout(deadline_s) as scope:
@@ -312,6 +361,8 @@ class SlotRunner:
         except BaseException:  # cancelled, or on_progress raised: the child is out of step
             self._abandon_child()
             raise
+        if reply.cpu_ms >= self._limits.cpu_seconds_backstop * 1000 * CPU_RECYCLE_FRACTION:
+            child.retire = True
         if isinstance(reply, Failed):
             raise ChunkFailed(self._with_output_tail(reply.reason, child), reply.retryable)
         if on_progress is not None and reply.count > child.protocol.progress_done:
@@ -382,17 +433,27 @@ class SlotRunner:
                 lim.file_size_bytes,
                 lim.cpu_seconds_backstop,
                 lim.output_bytes_max,
+                scratch_dir=str(child.base_dir / "work"),
+                code_dir=str(child.code_dir),
+                scratch_bytes_max=lim.scratch_bytes_max,
+                tmp_bytes_max=lim.tmp_bytes_max,
+                sandbox=lim.sandbox,
+                skip=sorted(lim.sandbox_skip),
             )
         )
         proto = child.protocol
         problem = f"it did not answer within {START_TIMEOUT_S:g} s"
+        refusal: str | None = None
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 await proto.wait()
                 ready, proto.reply = proto.reply, None
                 if isinstance(ready, Ready):
                     child.layers = list(ready.layers)
+                    child.missing = list(ready.missing)
                     return child
+                if isinstance(ready, Failed):
+                    refusal = ready.reason
                 problem = proto.violation or (
                     f"it exited with code {proto.exit_code}"
                     if proto.exit_code is not None
@@ -409,6 +470,8 @@ class SlotRunner:
         )
         self._dying.append(child)
         await self._reap_dying()
+        if refusal is not None:
+            raise SandboxRefused(f"the worker child refused to start: {refusal}")
         raise ChildStartError(
             f"{reason}\nCheck that {self._python} can import msgspec and the client package "
             f"from {_PROJECT_ROOT}."
@@ -416,9 +479,11 @@ class SlotRunner:
 
     async def _launch(self) -> _Child:
         loop = asyncio.get_running_loop()
-        base = Path(tempfile.mkdtemp(prefix="tn-slot-"))
+        # realpath: the child compares these paths with what it sees after mounting its own /tmp
+        base = Path(os.path.realpath(tempfile.mkdtemp(prefix="tn-slot-")))
         work = base / "work"
         work.mkdir()
+        (base / "code").mkdir()
         log_path = base / "output.log"
         frame_max = self._limits.output_bytes_max + FRAME_SLACK_BYTES
         exited: asyncio.Future[int] = loop.create_future()
@@ -475,6 +540,61 @@ class SlotRunner:
             if child in self._dying:
                 self._dying.remove(child)
                 await asyncio.to_thread(shutil.rmtree, child.base_dir, True)
+
+
+async def probe_sandbox(
+    limits: RunnerLimits, python: str = sys.executable
+) -> tuple[list[str], list[str]]:
+    """Start one child to learn which sandbox layers are active and which are missing (why).
+
+    Raises ``SandboxRefused`` when ``limits.sandbox`` is ``strict`` and a required layer is
+    missing, ``ChildStartError`` when no child can be started at all.
+    """
+    runner = SlotRunner(limits, python)
+    try:
+        await runner.start()
+        return runner.layers, runner.missing_layers
+    finally:
+        await runner.close()
+
+
+def layer_names(lines: list[str]) -> list[str]:
+    """The layer names of ``"name: ..."`` lines, in order."""
+    return [layer_name(line) for line in lines]
+
+
+async def _install_code(src: Path, dest: Path) -> None:
+    """Give a child its own copy of the task's code: hard links where possible, else copies.
+
+    Symlinks are copied as symlinks, never followed, so a link in the task's code cannot pull
+    a worker file into the sandbox.
+    """
+    if not (src / "main.py").is_file():
+        raise ChunkFailed(
+            f"{src / 'main.py'} does not exist; the task's code must contain main.py defining "
+            "process(item) or process_chunk(items)",
+            retryable=False,
+        )
+    try:
+        await asyncio.to_thread(
+            shutil.copytree,
+            src,
+            dest,
+            symlinks=True,
+            dirs_exist_ok=True,
+            copy_function=_link_or_copy,
+        )
+    except (OSError, shutil.Error) as exc:
+        raise ChunkFailed(
+            f"could not give the worker child a copy of the task's code: {exc}", retryable=True
+        ) from None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _child_env(work: Path) -> dict[str, str]:

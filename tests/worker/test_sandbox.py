@@ -1,0 +1,158 @@
+"""The sandbox as the worker sets it up: layers reported, strict mode, the CPU backstop, cost."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.sandbox import LAYER_NAMES, STRICT_LAYERS, SandboxConfig, SandboxLimits
+from client.worker import cli
+from client.worker import runner as runner_mod
+from client.worker.runner import RunnerLimits, SandboxRefused, SlotRunner, layer_names
+from tests.worker.test_runner import Code, enc, fails, run
+
+RLIMIT_ONLY = frozenset(LAYER_NAMES) - {"rlimit"}
+
+
+async def test_every_layer_is_active_and_fits_in_the_hello() -> None:
+    layers, missing = await runner_mod.probe_sandbox(RunnerLimits())
+    assert layer_names(layers) == list(LAYER_NAMES), missing
+    assert missing == []
+    # schema.worker.Hello.sandbox: at most 32 entries of at most 200 characters
+    assert len(layers) <= 32 and all(len(line) <= 200 for line in layers), layers
+    landlock = next(line for line in layers if line.startswith("landlock:"))
+    assert "no TCP" in landlock and "no signals" in landlock
+
+
+async def test_left_out_layers_are_reported_missing_with_a_reason() -> None:
+    limits = RunnerLimits(sandbox_skip=frozenset({"landlock", "seccomp"}))
+    layers, missing = await runner_mod.probe_sandbox(limits)
+    assert layer_names(layers) == ["rlimit", "cpu-cap", "namespaces", "capabilities"]
+    assert missing == [
+        "landlock: left out on purpose (sandbox_skip)",
+        "seccomp: left out on purpose (sandbox_skip)",
+    ]
+
+
+async def test_strict_starts_when_every_strong_layer_is_there() -> None:
+    layers, _ = await runner_mod.probe_sandbox(RunnerLimits(sandbox="strict"))
+    assert set(STRICT_LAYERS) <= set(layer_names(layers))
+
+
+async def test_strict_refuses_without_a_strong_layer_and_names_it() -> None:
+    limits = RunnerLimits(sandbox="strict", sandbox_skip=frozenset({"namespaces", "seccomp"}))
+    runner = SlotRunner(limits)
+    with pytest.raises(SandboxRefused) as info:
+        await runner.start()
+    await runner.close()
+    message = str(info.value)
+    assert "--sandbox strict needs the namespaces, landlock, seccomp layers" in message
+    assert "2 are missing: namespaces: left out" in message
+    assert "seccomp: left out" in message
+    assert "landlock:" not in message.split("missing:", 1)[1]
+
+
+def test_cli_strict_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_probe = runner_mod.probe_sandbox
+
+    async def probe_without_landlock(
+        limits: RunnerLimits, python: str = sys.executable
+    ) -> tuple[list[str], list[str]]:
+        # as on a kernel without Landlock: the real child, told to leave the layer out
+        return await real_probe(dataclasses.replace(limits, sandbox_skip=frozenset({"landlock"})))
+
+    monkeypatch.setattr(runner_mod, "probe_sandbox", probe_without_landlock)
+    argv = ["connect", "--token", "t", "--url", "ws://127.0.0.1:9", "--sandbox", "strict"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the worker child refused to start: the sandbox could not be")
+    assert "--sandbox strict needs the namespaces, landlock, seccomp layers" in err
+    assert "landlock: left out" in err
+
+
+def test_startup_line_names_active_and_missing_layers() -> None:
+    layers = ["rlimit: address space 1 GiB", "seccomp: 80 rules"]
+    missing = ["landlock: the kernel has no Landlock (needs Linux 5.13+)"]
+    assert cli.sandbox_summary("auto", layers, missing) == (
+        "sandbox auto: rlimit, seccomp (missing: landlock: the kernel has no Landlock "
+        "(needs Linux 5.13+))"
+    )
+    assert cli.sandbox_summary("strict", layers, []).endswith("(missing: none)")
+
+
+def test_config_rejects_unknown_layers_and_modes() -> None:
+    limits = SandboxLimits(1 << 30, 64, 1 << 20, 60)
+    with pytest.raises(ValueError, match="unknown sandbox layers"):
+        SandboxConfig(limits, skip=frozenset({"apparmor"}))
+    with pytest.raises(ValueError, match="sandbox mode"):
+        SandboxConfig(limits, mode="paranoid")
+    with pytest.raises(ValueError, match="sandbox_skip"):
+        RunnerLimits(sandbox_skip=frozenset({"selinux"}))
+    with pytest.raises(ValueError, match=r"RunnerLimits\.sandbox must"):
+        RunnerLimits(sandbox="off")
+
+
+async def test_cpu_backstop_replaces_a_used_child_and_stops_a_runaway(tmp_path: Path) -> None:
+    code = Code(
+        tmp_path,
+        "burn",
+        """
+        import time
+        def process(seconds):
+            start = time.process_time()
+            while time.process_time() - start < seconds:
+                pass
+            return seconds
+        """,
+    )
+    runner = SlotRunner(RunnerLimits(cpu_seconds_backstop=1))
+    try:
+        await runner.start()
+        pid = runner.pid
+        assert await run(runner, code, [0.6]) == [0.6]  # over half the backstop: retired
+        assert await run(runner, code, [0]) == [0]
+        assert runner.pid != pid
+        err = await fails(runner, code, [30])  # the wall-clock deadline is 10 s
+        assert "killed by SIGXCPU (the child used up its CPU-time backstop of 1 s)" in err.reason
+        assert await run(runner, code, [0]) == [0]
+    finally:
+        await runner.close()
+
+
+async def test_per_chunk_overhead_of_the_sandbox(tmp_path: Path) -> None:
+    """Warm round trips with every layer against rlimit only, interleaved so both see the same
+    machine load; the best of several rounds counts. The layers cost ~nothing per chunk."""
+    code = Code(tmp_path, "double", "def process(item):\n    return item * 2\n")
+    items = enc([1, 2, 3])
+    runners = {
+        "rlimit only": SlotRunner(RunnerLimits(sandbox_skip=RLIMIT_ONLY)),
+        "all layers": SlotRunner(RunnerLimits()),
+    }
+    best = dict.fromkeys(runners, float("inf"))
+    n = 400
+    try:
+        for runner in runners.values():
+            await runner.start()
+            await runner.run(code.dir, code.digest, items, 10)
+        assert layer_names(runners["rlimit only"].layers) == ["rlimit"]
+        assert layer_names(runners["all layers"].layers) == list(LAYER_NAMES)
+        for _ in range(6):
+            for label, runner in runners.items():
+                start = time.perf_counter()
+                for _ in range(n):
+                    await runner.run(code.dir, code.digest, items, 10)
+                best[label] = min(best[label], (time.perf_counter() - start) / n * 1e6)
+    finally:
+        for runner in runners.values():
+            await runner.close()
+    print(
+        f"\nwarm round trip per 3-item chunk: rlimit only {best['rlimit only']:.0f} us, "
+        f"all layers {best['all layers']:.0f} us"
+    )
+    assert best["all layers"] < 1.5 * best["rlimit only"] + 50
