@@ -138,6 +138,7 @@ class TaskControl:
             return
         if ev.max_concurrency is not None:
             task.max_concurrency = ev.max_concurrency  # a lower cap lets running chunks end
+            task.cap_mark = self.core.last_id
         if ev.priority is not None:
             task.priority = ev.priority
         self.core.emit(fx.PersistTaskSettings(ev.eid, task.id, task.max_concurrency,

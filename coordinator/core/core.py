@@ -153,6 +153,11 @@ class Core:
     new_lease_id = new_id
 
     @property
+    def last_id(self) -> int:
+        """The id ``new_id`` drew last (ids only grow, also across epochs)."""
+        return (self.epoch << 32) | self._next_id
+
+    @property
     def lease_ids_left(self) -> int:
         return IDS_PER_EPOCH - 1 - self._next_id
 
@@ -247,6 +252,8 @@ class Core:
                 )
         if any(self.tasks[t].max_spend_per_minute for t in self.sched.runnable):
             self.sched.dirty = True  # a spending window may have moved on
+        if self.trust.released(now):
+            self.sched.dirty = True  # a quarantined worker may take work again
         self.sched.fill_all(now)
 
     # ---- chunk outcomes ---------------------------------------------------------------

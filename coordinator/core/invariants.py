@@ -181,9 +181,12 @@ def _check_task(core: Core, task: Task, leases: int) -> None:
             f"{_task(task)}: lease_of_chunk maps chunk {chunk} to lease {lease_id}, which is "
             f"{'missing' if lease is None else _lease(lease)}"
         )
-    assert task.leased <= task.max_concurrency, (
-        f"{_task(task)}: {task.leased} leases exceed max_concurrency={task.max_concurrency}"
-    )
+    if task.leased > task.max_concurrency:  # only leases from before a lowered cap may
+        newer = sorted(x for x in task.lease_of_chunk.values() if x > task.cap_mark)
+        assert not newer, (
+            f"{_task(task)}: {task.leased} leases exceed max_concurrency="
+            f"{task.max_concurrency}, and leases {newer} were granted after it was set"
+        )
     assert 0 <= task.cursor <= total, f"{_task(task)}: cursor {task.cursor} outside 0..{total}"
     if task.requeue:
         _check_requeue(task)

@@ -103,8 +103,10 @@ class Outcomes:
             else:
                 core.trust.invalidated(worker_key(v.account_id, v.worker_id), core.now)
         self._forget_votes(task, lease.chunk)
-        for key in task.failed_on.pop(lease.chunk, ()):
-            core.trust.blamed(key, core.now)
+        agreed = {worker_key(v.account_id, v.worker_id) for v in votes if agrees(v)}
+        for key in sorted(task.failed_on.pop(lease.chunk, ())):
+            if key not in agreed:  # a worker that failed it, then completed it, is not blamed
+                core.trust.blamed(key, core.now)
         return credited
 
     def _forget_votes(self, task: Task, chunk: int) -> None:

@@ -52,6 +52,8 @@ class Task:
     lease_of_chunk: dict[int, int] = field(default_factory=dict)
     votes: dict[int, list[Vote]] = field(default_factory=dict)  # results awaiting a verdict
     votes_held: int = 0  # results in ``votes``: each keeps its price reserved in escrow
+    cap_mark: int = 0  # the last id drawn when the cap last changed: leases up to it may
+    # outnumber a lowered cap (they run to their end; no new lease starts until under it)
 
     def __post_init__(self) -> None:
         if not self.chunk_state:

@@ -43,6 +43,7 @@ class Trust:
     def __init__(self, config: TrustConfig) -> None:
         self.config = config
         self.workers: dict[str, Standing] = {}
+        self._quarantined: dict[str, int] = {}  # key -> until when, to notice it ending
 
     def of(self, key: str) -> Standing:
         standing = self.workers.get(key)
@@ -66,23 +67,31 @@ class Trust:
         s.invalid += 1
         _push(s.invalid_at, now, self.config.blame_window_ms)
         if len(s.invalid_at) >= self.config.invalid_quarantine:
-            self._quarantine(s, now, f"{len(s.invalid_at)} results disagreed with the "
-                                     "accepted ones")
+            self._quarantine(key, s, now, f"{len(s.invalid_at)} results disagreed with "
+                                          "the accepted ones")
         return s
 
     def blamed(self, key: str, now: int) -> Standing:
         s = self.of(key)
         _push(s.blame, now, self.config.blame_window_ms)
         if len(s.blame) >= self.config.quarantine_blame:
-            self._quarantine(s, now, f"{len(s.blame)} chunks failed here that other workers "
-                                     "then completed")
+            self._quarantine(key, s, now, f"{len(s.blame)} chunks failed here that other "
+                                          "workers then completed")
         return s
 
-    def _quarantine(self, s: Standing, now: int, why: str) -> None:
+    def _quarantine(self, key: str, s: Standing, now: int, why: str) -> None:
         s.quarantined_until = now + self.config.quarantine_ms
+        self._quarantined[key] = s.quarantined_until
         s.reason = why
         s.blame.clear()
         s.invalid_at.clear()
+
+    def released(self, now: int) -> bool:
+        """Did a quarantine end by ``now``? Then its worker's free slots want filling."""
+        ended = [k for k, until in self._quarantined.items() if until <= now]
+        for key in ended:
+            del self._quarantined[key]
+        return bool(ended)
 
     def lease_limit(self, key: str, now: int) -> int | None:
         """None: no limit; 0: quarantined; 1: rate-limited to one lease at a time."""
