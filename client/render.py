@@ -35,6 +35,20 @@ def format_bytes(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def format_credits(units: int) -> str:
+    """Integer credits in the smallest unit as credits with two decimals: 1234 -> ``12.34``,
+    -5 -> ``-0.05``. Exact: integer arithmetic only."""
+    sign = "-" if units < 0 else ""
+    whole, cents = divmod(abs(units), 100)
+    return f"{sign}{whole}.{cents:02d}"
+
+
+def task_state_label(task: dict[str, Any]) -> str:
+    """The task's state, or ``needs funds`` for a running task its escrow cannot pay."""
+    state = str(task.get("state"))
+    return "needs funds" if state == "running" and task.get("needs_funds") else state
+
+
 def format_time_ms(ms: int | None) -> str:
     """A Unix time in milliseconds as UTC, ``2025-01-31 12:00:05Z``; ``-`` for None."""
     if ms is None:
@@ -86,6 +100,8 @@ def task_progress_line(task: dict[str, Any], rate: float | None, width: int = 10
         f"{failed} failed",
     ]
     remaining = max(0, total - done - failed)
+    if task.get("needs_funds"):
+        parts.append(f"needs funds: {format_credits(int(task.get('funds_needed', 0)))} more")
     if task.get("state", "running") != "running":
         parts.append(str(task.get("state")))
     elif rate is None:
@@ -127,7 +143,7 @@ def task_table(tasks: Sequence[dict[str, Any]]) -> str:
         [
             t.get("id"),
             t.get("name") or "-",
-            t.get("state"),
+            task_state_label(t),
             f"{t.get('chunks_done', 0)}/{t.get('chunks_total', 0)}",
             t.get("items_done", 0),
         ]
@@ -150,7 +166,7 @@ def task_summary(task: dict[str, Any]) -> str:
     lines = [
         ("task", f"{task.get('id')}{name}"),
         ("owner", task.get("owner", "-")),
-        ("state", task.get("state")),
+        ("state", task_state_label(task)),
         (
             "chunks",
             f"{task.get('chunks_done', 0)}/{task.get('chunks_total', 0)} done · "
@@ -166,8 +182,35 @@ def task_summary(task: dict[str, Any]) -> str:
         ("requires", ", ".join(task.get("requirements") or []) or "-"),
         ("created", format_time_ms(task.get("created_ms"))),
         ("finished", format_time_ms(task.get("finished_ms"))),
+        *task_money_lines(task),
     ]
     return "\n".join(f"{label:<9}{value}" for label, value in lines)
+
+
+def task_money_lines(task: dict[str, Any]) -> list[tuple[str, str]]:
+    """Price, spending and what finishing costs, for a paid task (none for a free one)."""
+    price, budget = int(task.get("price_per_chunk", 0)), int(task.get("budget", 0))
+    if not price and not budget:
+        return []
+    c = format_credits
+    cap = int(task.get("max_spend_per_minute", 0))
+    eta = task.get("eta_ms")
+    lines = [
+        ("price", f"{c(price)} per chunk · budget {c(budget)}"
+                  + (f" · at most {c(cap)}/min" if cap else "")),
+        ("money", f"spent {c(int(task.get('spent', 0)))} · reserved "
+                  f"{c(int(task.get('reserved', 0)))} · remaining "
+                  f"{c(int(task.get('remaining', 0)))}"),
+        ("pace", f"{c(int(task.get('burn_per_minute', 0)))}/min · "
+                 f"{task.get('chunks_per_minute', 0)} chunks/min · ETA "
+                 f"{format_duration(int(eta) / 1000) if eta is not None else '--'} · "
+                 f"{c(int(task.get('cost_to_finish', 0)))} to finish"),
+    ]
+    if task.get("needs_funds"):
+        need = c(int(task.get("funds_needed", 0)))
+        lines.append(("funds", f"NEEDS FUNDS: {need} more; top up with "
+                               f"`tn task fund {task.get('id')} {need}`"))
+    return lines
 
 
 class StatusLine:

@@ -281,6 +281,7 @@ class Client:
         *,
         query: dict[str, str | int] | None = None,
         body: MultipartBody | None = None,
+        json_body: Any = None,
         auth: bool = True,
         timeout_s: float | None = None,
     ) -> http.client.HTTPResponse:
@@ -288,10 +289,14 @@ class Client:
         if query:
             target += "?" + urllib.parse.urlencode(query)
         headers = self._headers(auth)
+        data: MultipartBody | bytes | None = body
         if body is not None:
             headers["Content-Type"] = body.content_type
             headers["Content-Length"] = str(body.length)
-        request = urllib.request.Request(target, data=body, headers=headers, method=method)
+        elif json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(target, data=data, headers=headers, method=method)
         try:
             resp: http.client.HTTPResponse = self._opener.open(
                 request, timeout=timeout_s or self.timeout_s
@@ -367,6 +372,49 @@ class Client:
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._object("POST", self._task_path(task_id, "/cancel"))
+
+    # -- money (integer credits in the smallest unit: 1234 is 12.34) --
+
+    def wallet(self) -> dict[str, Any]:
+        return self._object("GET", "/api/wallet")
+
+    def deposit(self, amount: int, *, idempotency_key: str | None = None,
+                method: str | None = None) -> dict[str, Any]:
+        """Direct (sandbox: the new balance) or through Stripe (a ``checkout_url``)."""
+        body: dict[str, Any] = {"amount": amount}
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        if method:
+            body["method"] = method
+        return self._object("POST", "/api/wallet/deposit", json_body=body)
+
+    def withdraw(self, amount: int, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"amount": amount}
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        return self._object("POST", "/api/wallet/withdraw", json_body=body)
+
+    def transactions(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        query: dict[str, str | int] = {"offset": offset, "limit": limit}
+        return self._object("GET", "/api/wallet/transactions", query=query)
+
+    def earnings(self) -> dict[str, Any]:
+        return self._object("GET", "/api/wallet/earnings")
+
+    def fund_task(self, task_id: str, amount: int) -> dict[str, Any]:
+        return self._object("POST", self._task_path(task_id, "/fund"),
+                            json_body={"amount": amount})
+
+    def withdrawals(self) -> list[dict[str, Any]]:
+        """Pending withdrawals (admin)."""
+        items = self._object("GET", "/api/admin/withdrawals").get("withdrawals")
+        if not isinstance(items, list):
+            raise ApiError(200, "GET /api/admin/withdrawals: the response has no list")
+        return items
+
+    def decide_withdrawal(self, withdrawal_id: int, approve: bool) -> dict[str, Any]:
+        verb = "approve" if approve else "reject"
+        return self._object("POST", f"/api/admin/withdrawals/{int(withdrawal_id)}/{verb}")
 
     def results_to(
         self,

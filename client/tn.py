@@ -1,4 +1,4 @@
-"""``tn``: the customer command line, built on ``client.sdk``.
+"""``tn``: the customer command line, built on ``client.sdk`` (money: ``client.tn_wallet``).
 
 Exit codes: 0 success; 1 the coordinator refused (its error is printed), or a watched task
 ended failed/cancelled; 2 usage error; 3 the coordinator could not be reached; 130 interrupted.
@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect
 
-from client import render
+from client import render, tn_wallet
 from client.sdk import (
     TERMINAL_STATES,
     ApiError,
@@ -42,6 +42,9 @@ SPEC_OPTIONS = {
     "requirements": "--require",
     "chunk_timeout_ms": "--timeout",
     "name": "--name",
+    "budget": "--budget",
+    "price_per_chunk": "--price",
+    "max_spend_per_minute": "--max-spend-per-minute",
 }
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tn", description="Task Network customer CLI", parents=[common]
     )
-    top = parser.add_subparsers(dest="group", metavar="{task,health}")
+    top = parser.add_subparsers(dest="group", metavar="{task,wallet,admin,health}")
     health = top.add_parser("health", parents=[common], help="check that the coordinator is up")
     health.set_defaults(func=cmd_health)
     task = top.add_parser("task", parents=[common], help="submit, follow and fetch tasks")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require", action="append", metavar="CAP", help="worker capability needed")
     p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="per-chunk limit")
     p.add_argument("--name", help="a name to show in listings")
+    tn_wallet.add_task_options(p, command)
     command("list", cmd_list, "list your tasks")
     command("status", cmd_status, "show one task").add_argument("id")
     command("watch", cmd_watch, "follow a task live until it ends", False).add_argument("id")
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--offset", type=non_negative_int, default=0)
     p.add_argument("--limit", type=positive_int, default=100)
+    tn_wallet.add_groups(top, common)
     return parser
 
 
@@ -171,6 +176,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["requirements"] = list(args.require)
     if args.timeout is not None:
         spec["chunk_timeout_ms"] = round(args.timeout * 1000)
+    spec.update(tn_wallet.money_spec(args))
     try:
         msgspec.convert(spec, TaskSpec)
     except msgspec.ValidationError as e:

@@ -1,7 +1,8 @@
 """``make run``: the whole system on its embedded default, on this machine.
 
 Starts ``tn-coordinator --demo`` on SQLite under ./storage, two local workers, and (once) a
-small demo task; prints the URL and the demo tokens. Ctrl-C stops everything cleanly.
+small paid demo task; prints the URL and the demo tokens. Ctrl-C stops everything cleanly.
+Money runs in sandbox mode: every account starts with ``DEV_INITIAL_WALLET`` credits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def process(item):
         digest = hashlib.sha256(digest).digest()
     return {"word": item["word"], "hash": digest.hex()[:16]}
 '''
+DEV_INITIAL_WALLET = "100000"  # 1000.00 credits per account (1 credit = 100 units)
+DEMO_PRICE_PER_CHUNK = 10  # 0.10 credits per chunk (0.01 of it the 10 % fee): 100 chunks cost 10.00
+DEMO_BUDGET = 1200  # a little more than the task costs; the rest returns when it ends
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -53,7 +57,10 @@ def _submit_demo(url: str, token: str, data_dir: Path) -> str | None:
         code.write_text(DEMO_CODE)
         words = [{"word": f"word-{i}"} for i in range(2000)]
         data.write_text(json.dumps(words))
-        created = client.submit_task(code, data, {"chunk_size": 20, "name": "demo: hash words"})
+        created = client.submit_task(code, data, {
+            "chunk_size": 20, "name": "demo: hash words",
+            "price_per_chunk": DEMO_PRICE_PER_CHUNK, "budget": DEMO_BUDGET,
+        })
     return str(created["id"])
 
 
@@ -65,8 +72,11 @@ def main() -> int:
     bindir = Path(sys.executable).parent
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        money = {"WALLET_SANDBOX_ENABLED": os.environ.get("WALLET_SANDBOX_ENABLED", "true"),
+                 "DEV_INITIAL_WALLET": os.environ.get("DEV_INITIAL_WALLET", DEV_INITIAL_WALLET)}
         coord = subprocess.Popen([str(bindir / "tn-coordinator"), "--host", host, "--port",
-                                  str(port), "--data-dir", str(data_dir), "--demo"])
+                                  str(port), "--data-dir", str(data_dir), "--demo"],
+                                 env={**os.environ, **money})
         procs.append(coord)
         _wait_ready(url, coord)
         tokens = json.loads((data_dir / "demo.json").read_text())
@@ -84,6 +94,8 @@ Task Network is running at {url}  (Ctrl-C stops everything)
   admin token:    {tokens['admin_token']}
   demo task:      {task_id or 'already submitted earlier'}
 Try:  .venv/bin/tn --url {url} --token <customer token> task list
+      .venv/bin/tn --url {url} --token <customer token> wallet balance
+      .venv/bin/tn --url {url} --token <worker token> wallet earnings
 """, flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

@@ -17,15 +17,31 @@ from coordinator.artifacts import TaskArtifacts
 from coordinator.config import Config
 from coordinator.core.capabilities import RequirementError, validate_requirements
 from coordinator.core.core import Core
-from coordinator.core.events import TaskCancel, TaskSubmitted
+from coordinator.core.events import (
+    TaskCancel,
+    TaskFund,
+    TaskPause,
+    TaskResume,
+    TaskSubmitted,
+    TaskUpdate,
+)
 from coordinator.core.lifecycle import TaskState
 from coordinator.core.state import Task
 from coordinator.http_auth import ApiError, authenticate, json_response
+from coordinator.http_wallet import check_amount, decode_body
 from coordinator.runtime import Runtime
 from coordinator.store.sqlite import SqliteStore
 from coordinator.uploads import UploadError, parse_code, parse_dataset
 from coordinator.views import chunk_infos, task_info
-from schema.rest import ChunkPage, Health, TaskCreated, TaskList, TaskSpec
+from schema.rest import (
+    ChunkPage,
+    FundRequest,
+    Health,
+    TaskCreated,
+    TaskList,
+    TaskPatch,
+    TaskSpec,
+)
 
 VERSION = "0.1.0"
 RESULT_PAGE_ROWS = 256
@@ -39,6 +55,10 @@ ROUTES = [
     ("/api/tasks/{task_id}/chunks", "GET", "chunks"),
     ("/api/tasks/{task_id}/results", "GET", "results"),
     ("/api/tasks/{task_id}/cancel", "POST", "cancel"),
+    ("/api/tasks/{task_id}/fund", "POST", "fund"),
+    ("/api/tasks/{task_id}/pause", "POST", "pause"),
+    ("/api/tasks/{task_id}/resume", "POST", "resume"),
+    ("/api/tasks/{task_id}", "PATCH", "patch"),
     ("/api/tasks/{task_id}/code", "GET", "code"),
 ]
 
@@ -107,7 +127,10 @@ class TaskApi:
             0, 0, task_id, account.id, spec.name, chunks, items_total, spec.chunk_size,
             spec.max_concurrency, spec.max_attempts, spec.chunk_timeout_ms,
             list(spec.requirements), code_ref, spec.price_per_chunk, spec.budget,
-            spec.max_spend_per_minute,
+            spec.max_spend_per_minute, spec.priority, spec.verification,
+            spec.quorum_k if spec.verification == "quorum" else 1,
+            spec.quorum_m if spec.verification == "quorum" else 1,
+            spec.spot_per_mille if spec.verification == "spot" else 0, secrets.token_hex(16),
         ))
         if not reply.ok:
             arts.remove()
@@ -148,6 +171,49 @@ class TaskApi:
         account = await authenticate(request, self.accounts, "customer")
         task = self._own_task(account, request.path_params["task_id"])
         reply = await self.runtime.call(TaskCancel(0, 0, task.id))
+        if not reply.ok:
+            raise ApiError(reply.status, reply.error)
+        return json_response(task_info(self.core, task))
+
+    async def fund(self, request: Request) -> Response:
+        """Top up a task's escrow from its owner's wallet (the owner only)."""
+        account = await authenticate(request, self.accounts, "customer")
+        task = self.core.tasks.get(request.path_params["task_id"])
+        if task is None or task.owner != account.id:
+            raise ApiError(404, "no such task among yours; list them with `tn task list`")
+        body = await decode_body(request, FundRequest)
+        reply = await self.runtime.call(
+            TaskFund(0, 0, task.id, check_amount(body.amount, self.config)))
+        if not reply.ok:
+            raise ApiError(reply.status, reply.error)
+        return json_response(task_info(self.core, task))
+
+    async def pause(self, request: Request) -> Response:
+        return await self._steer(request, TaskPause)
+
+    async def resume(self, request: Request) -> Response:
+        return await self._steer(request, TaskResume)
+
+    async def _steer(self, request: Request, kind: type[TaskPause | TaskResume]) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        reply = await self.runtime.call(kind(0, 0, task.id))
+        if not reply.ok:
+            raise ApiError(reply.status, reply.error)
+        return json_response(task_info(self.core, task))
+
+    async def patch(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        try:
+            body = msgspec.json.decode(await request.body(), type=TaskPatch)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, f"bad body: {exc}; send JSON like "
+                                '{"max_concurrency": 8, "priority": 7}') from None
+        if body.max_concurrency is None and body.priority is None:
+            raise ApiError(400, "nothing to change: send max_concurrency and/or priority")
+        reply = await self.runtime.call(
+            TaskUpdate(0, 0, task.id, body.max_concurrency, body.priority))
         if not reply.ok:
             raise ApiError(reply.status, reply.error)
         return json_response(task_info(self.core, task))
@@ -217,6 +283,10 @@ def _parse_spec(raw: Any) -> TaskSpec:
         validate_requirements(spec.requirements)
     except (msgspec.DecodeError, msgspec.ValidationError, RequirementError) as exc:
         raise ApiError(400, f"bad spec: {exc}", "spec") from None
+    if spec.verification == "quorum" and not (
+            spec.quorum_k >= 2 and spec.quorum_k // 2 < spec.quorum_m <= spec.quorum_k):
+        raise ApiError(400, "bad spec: quorum needs 2 <= quorum_k and a majority quorum_m "
+                            "(quorum_k // 2 < quorum_m <= quorum_k), e.g. 2 of 3", "spec")
     return spec
 
 

@@ -7,9 +7,31 @@ from typing import Any
 
 import msgspec
 
-from schema.rest import ChunkPage, ErrorBody, Health, TaskCreated, TaskInfo, TaskList, TaskSpec
+from schema.rest import (
+    ChunkPage,
+    DepositRequest,
+    DepositResult,
+    Earnings,
+    ErrorBody,
+    FundRequest,
+    Health,
+    LedgerSummary,
+    TaskCreated,
+    TaskInfo,
+    TaskList,
+    TaskSpec,
+    TransactionPage,
+    Wallet,
+    WebhookAck,
+    WithdrawalInfo,
+    WithdrawalList,
+    WithdrawRequest,
+    WithdrawResult,
+)
 
-_MODELS = (TaskSpec, TaskInfo, TaskCreated, TaskList, ChunkPage, ErrorBody, Health)
+_MODELS = (TaskSpec, TaskInfo, TaskCreated, TaskList, ChunkPage, ErrorBody, Health,
+           DepositRequest, WithdrawRequest, FundRequest, Wallet, DepositResult, WithdrawResult,
+           TransactionPage, Earnings, WithdrawalInfo, WithdrawalList, LedgerSummary, WebhookAck)
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -27,6 +49,50 @@ def _op(summary: str, ok: type | None, status: int = 200, **extra: Any) -> dict[
 
 
 _TASK_ID = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_WITHDRAWAL_ID = [{"name": "withdrawal_id", "in": "path", "required": True,
+                   "schema": {"type": "integer"}}]
+
+
+def _json_body(model: type) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _money_paths() -> dict[str, Any]:
+    page = [
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    ]
+    webhook_body = {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "a Stripe event, signed (Stripe-Signature header)"}}}}
+    return {
+        "/api/tasks/{task_id}/fund": {"post": _op(
+            "Move credits from your wallet into your task's escrow", TaskInfo,
+            parameters=_TASK_ID, requestBody=_json_body(FundRequest))},
+        "/api/wallet": {"get": _op("Your balance, held withdrawals, escrow and earnings",
+                                   Wallet)},
+        "/api/wallet/deposit": {"post": _op(
+            "Deposit: direct in sandbox mode (201, new balance), else a Stripe Checkout URL",
+            DepositResult, 201, requestBody=_json_body(DepositRequest))},
+        "/api/wallet/withdraw": {"post": _op(
+            "Withdraw: direct in sandbox mode (201), else pending an admin (202)",
+            WithdrawResult, 202, requestBody=_json_body(WithdrawRequest))},
+        "/api/wallet/transactions": {"get": _op(
+            "Entries on your wallet with their cause, newest first", TransactionPage,
+            parameters=page)},
+        "/api/wallet/earnings": {"get": _op("Payouts for accepted chunks, per task",
+                                            Earnings)},
+        "/api/admin/withdrawals": {"get": _op("Pending withdrawals (admin)", WithdrawalList)},
+        "/api/admin/withdrawals/{withdrawal_id}/approve": {"post": _op(
+            "Approve a pending withdrawal (admin)", WithdrawalInfo, parameters=_WITHDRAWAL_ID)},
+        "/api/admin/withdrawals/{withdrawal_id}/reject": {"post": _op(
+            "Reject a pending withdrawal: its amount returns to the wallet (admin)",
+            WithdrawalInfo, parameters=_WITHDRAWAL_ID)},
+        "/api/admin/ledger": {"get": _op("Where the money is (admin)", LedgerSummary)},
+        "/api/stripe/webhook": {"post": _op(
+            "Stripe events; checkout.session.completed credits the wallet once per event",
+            WebhookAck, security=[], requestBody=webhook_body)},
+    }
 
 
 @cache
@@ -81,5 +147,6 @@ def openapi_document() -> dict[str, Any]:
             "/api/tasks/{task_id}/code": {
                 "get": _op("The task's code as a zip (for workers holding a lease)", None,
                            parameters=_TASK_ID)},
+            **_money_paths(),
         },
     }

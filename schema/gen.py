@@ -28,6 +28,16 @@ DOCUMENTS: dict[str, Any] = {
     "rest-task-list": rest.TaskList,
     "rest-chunk-page": rest.ChunkPage,
     "rest-error": rest.ErrorBody,
+    "rest-deposit-request": rest.DepositRequest,
+    "rest-withdraw-request": rest.WithdrawRequest,
+    "rest-fund-request": rest.FundRequest,
+    "rest-wallet": rest.Wallet,
+    "rest-deposit-result": rest.DepositResult,
+    "rest-withdraw-result": rest.WithdrawResult,
+    "rest-transaction-page": rest.TransactionPage,
+    "rest-earnings": rest.Earnings,
+    "rest-withdrawal-list": rest.WithdrawalList,
+    "rest-ledger-summary": rest.LedgerSummary,
 }
 
 
