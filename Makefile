@@ -36,5 +36,11 @@ bench: setup
 sim: setup
 	TN_SIM_SEEDS=$(or $(SEEDS),1000) $(BIN)/python -m pytest -q tests/sim
 
+# Re-record the golden journals of tests/replay from real runs. Run it whenever the core's
+# behaviour (or its classes) changes on purpose, and commit the new goldens with the change.
+.PHONY: golden
+golden: setup
+	$(BIN)/python -m tests.replay.record_golden
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

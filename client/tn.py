@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tn", description="Task Network customer CLI", parents=[common]
     )
-    top = parser.add_subparsers(dest="group", metavar="{task,wallet,admin,health}")
+    top = parser.add_subparsers(dest="group", metavar="{task,wallet,admin,health,replay}")
     health = top.add_parser("health", parents=[common], help="check that the coordinator is up")
     health.set_defaults(func=cmd_health)
     task = top.add_parser("task", parents=[common], help="submit, follow and fetch tasks")
@@ -354,6 +354,11 @@ def cmd_results(client: Client, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["replay"]:  # a developer's tool, on recordings; no coordinator needed
+        from coordinator.replay import main as replay_main
+
+        return replay_main(args_in[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

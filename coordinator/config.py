@@ -42,6 +42,13 @@ class Config:
     stripe_webhook_secret: str = ""  # env STRIPE_WEBHOOK_SECRET
     stripe_api_base: str = ""  # env STRIPE_API_BASE: a stand-in server for tests
     public_url: str = ""  # where Stripe Checkout sends the browser back (env TN_PUBLIC_URL)
+    # recording (see coordinator/recorder.py)
+    journal_enabled: bool = True
+    journal_segment_bytes: int = 64 << 20  # a new segment (with a snapshot) past this size
+    journal_bytes_max: int = 1 << 30  # oldest segments are deleted past this total
+    session_logs_enabled: bool = True
+    session_logs_bytes_max: int = 256 << 20
+    session_log_payload_bytes_max: int = 4096  # larger items/outputs are logged as digests
     # persistence
     commit_batch_max: int = 4096  # events handled per turn before a group commit
     # uploads

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from coordinator.core import effects as fx
 from coordinator.core.core import Core
 from coordinator.core.events import EpochStarted, Event, Tick
+from coordinator.recorder import Journal
 from coordinator.store.sqlite import SqliteStore
 
 EPOCH_REFILL_AT = 1 << 30  # lease ids left in the epoch when a new one is asked for
@@ -44,6 +44,7 @@ class Reply:
     ok: bool
     error: str = ""
     status: int = 200
+    value: int = 0
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Runtime:
         tick_ms: int,
         batch_max: int,
         queue_max: int = 65536,
-        on_event: Callable[[Event], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.core = core
         self.store = store
@@ -81,7 +82,7 @@ class Runtime:
         self.clock = Clock()
         self.tick_ms = tick_ms
         self.batch_max = batch_max
-        self.on_event = on_event
+        self.journal = journal
         self._eid = 0
         self._waiters: dict[int, _Waiter] = {}
         self._in_send, self._in_recv = anyio.create_memory_object_stream[
@@ -157,10 +158,13 @@ class Runtime:
                 if waiter is not None:
                     self._waiters[event.eid] = waiter
                     waited.append(event.eid)
-                if self.on_event is not None:
-                    self.on_event(event)
-                effects.extend(self.core.handle(event))
+                out = self.core.handle(event)
+                if self.journal is not None:
+                    self.journal.record(self.core, event, out)
+                effects.extend(out)
             self.events_handled += len(batch)
+            if self.journal is not None:
+                self.journal.flush()
             if self.core.lease_ids_left < EPOCH_REFILL_AT:
                 self.post(EpochStarted(0, 0, await self.store.next_epoch()))
             await self._commit_send.send((effects, waited, self._eid))
@@ -185,7 +189,7 @@ class Runtime:
                     if isinstance(e, fx.Reply):
                         w = self._waiters.get(e.cause)
                         if w is not None:
-                            w.reply = Reply(e.ok, e.error, e.status)
+                            w.reply = Reply(e.ok, e.error, e.status, e.value)
                     elif not isinstance(e, fx.PERSISTENT):
                         self.outbox.dispatch(e)
                 for eid in waited:

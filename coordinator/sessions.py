@@ -32,6 +32,7 @@ from coordinator.core.events import (
     SessionHello,
     WhyIdleIn,
 )
+from coordinator.recorder import SessionLog
 from coordinator.runtime import Runtime
 from schema import worker as w
 
@@ -58,6 +59,7 @@ class _Conn:
         self.send: MemoryObjectSendStream[Outgoing] = send
         self.recv: MemoryObjectReceiveStream[Outgoing] = recv
         self.closing = False
+        self.log: SessionLog | None = None
 
     def put(self, item: Outgoing) -> bool:
         if self.closing:
@@ -89,7 +91,7 @@ class WorkerSessions:
     # ---- effects from the core (called after commit) ----------------------------------
 
     def send(self, session_id: str, message: w.CoordinatorMessage) -> None:
-        self._put(session_id, ENCODER.encode(message))
+        self._put(session_id, message)
 
     def assign(self, e: fx.AssignChunk) -> None:
         if e.session_id in self.conns:
@@ -98,7 +100,7 @@ class WorkerSessions:
                 e.lease_id, e.task_id, e.chunk_index, e.code_ref, msgspec.Raw(items),
                 e.deadline_ms, e.attempt,
             )
-            self._put(e.session_id, ENCODER.encode(msg))
+            self._put(e.session_id, msg)
 
     def close(self, session_id: str, code: int, reason: str) -> None:
         conn = self.conns.get(session_id)
@@ -106,11 +108,23 @@ class WorkerSessions:
             conn.put(_Close(code, reason))
             conn.closing = True
 
-    def _put(self, session_id: str, data: bytes) -> None:
+    def _put(self, session_id: str, message: w.CoordinatorMessage) -> None:
         conn = self.conns.get(session_id)
-        if conn is not None and not conn.put(data):
+        if conn is None:
+            return
+        if conn.log is not None:
+            conn.log.write("out", message, self.runtime.clock.now_ms())
+        if not conn.put(ENCODER.encode(message)):
             conn.closing = True
             conn.send.close()  # the writer notices and closes 1013
+
+    async def flush_logs(self, period_s: float = 1.0) -> None:
+        """Flush the session logs about once a second (they are buffered)."""
+        while True:
+            await anyio.sleep(period_s)
+            for conn in list(self.conns.values()):
+                if conn.log is not None:
+                    conn.log.flush()
 
     # ---- the endpoint -----------------------------------------------------------------
 
@@ -123,6 +137,12 @@ class WorkerSessions:
         msg: w.Hello = hello[1]
         session_id = f"s{self.epoch}.{next(self._ids)}"
         conn = _Conn(self.config.session_queue_max)
+        if self.config.session_logs_enabled:
+            now = self.runtime.clock.now_ms()
+            conn.log = SessionLog(self.config.data_dir / "sessions", session_id,
+                                  f"worker-{msg.worker_id}", now,
+                                  self.config.session_log_payload_bytes_max)
+            conn.log.write("in", msg, now)
         self.conns[session_id] = conn
         try:
             await self._post(SessionHello(
@@ -135,6 +155,8 @@ class WorkerSessions:
                 tg.cancel_scope.cancel()
         finally:
             del self.conns[session_id]
+            if conn.log is not None:
+                conn.log.close()
             with anyio.CancelScope(shield=True):
                 await self._post(SessionClosed(0, 0, session_id, "connection closed"))
 
@@ -180,6 +202,7 @@ class WorkerSessions:
             pass
 
     async def _reader(self, ws: WebSocket, session_id: str) -> None:
+        log = self.conns[session_id].log
         bad = 0
         limit = self.config.ws_message_bytes_max
         while True:
@@ -195,7 +218,10 @@ class WorkerSessions:
                 problem = f"message of {len(data)} bytes is over the {limit}-byte limit"
             else:
                 try:
-                    event = _to_event(DECODER.decode(data), session_id)
+                    msg = DECODER.decode(data)
+                    if log is not None:
+                        log.write("in", msg, self.runtime.clock.now_ms())
+                    event = _to_event(msg, session_id)
                     if event is None:
                         problem = "hello was already received; send it once per session"
                 except msgspec.DecodeError as exc:
