@@ -323,6 +323,10 @@ class Core:
         """The ledger's balances and idempotency keys, and pending withdrawals, as stored."""
         self.treasury.restore(balances, keys, deposited, withdrawn, withdrawals)
 
+    def restore_spending(self, payouts: list[tuple[str, int, int]]) -> None:
+        """The last minute's payouts (task, at_ms, amount), for spending caps."""
+        self.treasury.restore_spending(payouts)
+
     def restore_accepted(self, accepted: list[tuple[int, str]]) -> None:
         """Recently accepted (lease, worker key) pairs, oldest first, for idempotent re-sends."""
         for lease_id, key in accepted[-self.config.recent_accepted_max :]:

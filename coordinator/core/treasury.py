@@ -150,6 +150,10 @@ class Treasury:
     def handle(self, ev: Deposit | Withdraw | WithdrawalDecision) -> None:
         """Money requests from outside; each answers its caller with a Reply."""
         core = self.core
+        if isinstance(ev, Deposit | Withdraw) and (type(ev.amount) is not int or ev.amount <= 0):
+            core.emit(fx.Reply(ev.eid, ok=False, status=400, error=(
+                "the amount must be a whole number of credits above zero")))
+            return
         match ev:
             case Deposit():
                 if self.ledger.seen(ev.key):  # a re-delivered webhook: credited already
@@ -211,6 +215,20 @@ class Treasury:
         self.core.emit(fx.PersistWithdrawal(self.core.cause, w.id, w.account_id, w.amount,
                                             w.state, w.created_ms, self.core.now))
 
+
+    def restore_spending(self, payouts: list[tuple[str, int, int]]) -> None:
+        """Recent payouts (task, at_ms, amount), oldest first, so a spending cap per minute
+        holds across a restart."""
+        for task_id, at_ms, amount in payouts:
+            recent = self._recent.setdefault(task_id, deque())
+            second = at_ms // 1000
+            if recent and recent[-1][0] == second:
+                recent[-1][1] += amount
+                recent[-1][2] += 1
+            else:
+                recent.append([second, amount, 1])
+                if len(recent) > 61:
+                    recent.popleft()
 
     def restore(self, balances: dict[str, int], keys: list[str], deposited: int,
                 withdrawn: int, withdrawals: list[Withdrawal]) -> None:

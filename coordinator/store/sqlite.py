@@ -341,6 +341,14 @@ class SqliteStore:
         ]
         return balances, keys, int(row[0]), int(row[1]), pending
 
+    async def recent_payouts(self, since_ms: int) -> list[tuple[str, int, int]]:
+        """Payouts since ``since_ms`` as (task, at_ms, amount), oldest first."""
+        rows = await self.db.execute_fetchall(
+            "SELECT t.task_id, t.at_ms, -e.amount FROM transfers t JOIN entries e"
+            " ON e.transfer_id = t.id WHERE t.kind = 'payout' AND t.at_ms >= ?"
+            " AND e.account = 'escrow:' || t.task_id ORDER BY t.at_ms, t.id", (since_ms,))
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
     async def recent_accepted(self, limit: int) -> list[tuple[int, str]]:
         rows = await self.db.execute_fetchall(
             "SELECT lease_id, account_id, worker_id FROM results ORDER BY at_ms DESC LIMIT ?",
