@@ -8,10 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+import anyio
 import uvicorn
 
+from coordinator.accounts import ROLES, Accounts
 from coordinator.app import create_app
 from coordinator.config import Config, from_env
+from coordinator.store.sqlite import SqliteStore
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -32,6 +35,9 @@ def parse_args(argv: list[str] | None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["user"]:
+        return user_main(args[1:])
     config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(config)
@@ -42,6 +48,66 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=5, lifespan="on",
     )
     return 0
+
+
+# ---- tn-coordinator user: accounts with passwords, on the database of a stopped coordinator ----
+
+
+def user_main(argv: list[str]) -> int:
+    """``tn-coordinator user add NAME --role R --password-stdin [--token]`` and
+    ``tn-coordinator user passwd NAME --password-stdin``. Run them while the coordinator is
+    stopped (they open its SQLite database directly); the password is read from stdin."""
+    p = argparse.ArgumentParser(prog="tn-coordinator user", description=user_main.__doc__)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="the coordinator's data directory (default ./storage or TN_DATA_DIR)")
+    sub = p.add_subparsers(dest="command", required=True)
+    here = argparse.ArgumentParser(add_help=False)  # --data-dir also after the command
+    here.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    add = sub.add_parser("add", help="create an account (with a password)", parents=[here])
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from stdin (one line)")
+    add.add_argument("--token", action="store_true", help="also issue and print an API token")
+    passwd = sub.add_parser("passwd", help="set an existing account's password",
+                            parents=[here])
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true", required=True)
+    args = p.parse_args(argv)
+    data_dir = args.data_dir or from_env(Config()).data_dir
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else ""
+    if args.password_stdin and not password:
+        print("tn-coordinator user: the password on stdin is empty", file=sys.stderr)
+        return 2
+    try:
+        return anyio.run(_user, Config(data_dir=data_dir).db_path, args, password)
+    except ValueError as exc:
+        print(f"tn-coordinator user: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _user(db: Path, args: argparse.Namespace, password: str) -> int:
+    store = await SqliteStore.open(db)
+    try:
+        accounts = Accounts(store)
+        await accounts.ensure_auth_tables()
+        account = await accounts.by_name(args.name)
+        if args.command == "add":
+            if account is not None:
+                raise ValueError(f"an account named {args.name!r} exists; change its password "
+                                 "with `tn-coordinator user passwd`")
+            account = await accounts.create(args.name, args.role)
+            print(f"created {account.role} {account.name} ({account.id})")
+            if args.token:
+                print(f"token: {await accounts.issue_token(account, 'user add')}")
+        elif account is None:
+            raise ValueError(f"no account named {args.name!r}")
+        if password:
+            await accounts.set_password(account, password)
+            print(f"password set for {account.name}")
+        return 0
+    finally:
+        await store.close()
 
 
 if __name__ == "__main__":

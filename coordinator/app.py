@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -21,11 +23,20 @@ from coordinator.artifacts import TaskArtifacts
 from coordinator.config import Config
 from coordinator.core import effects as fx
 from coordinator.core.core import Core
+from coordinator.dashboard import (
+    DASHBOARD_ROUTES,
+    Dashboard,
+    SecurityHeaders,
+    Static,
+    demo_passwords,
+)
 from coordinator.demo import ensure_demo
 from coordinator.http_api import ROUTES, TaskApi
 from coordinator.http_auth import ApiError, error_response, json_response
+from coordinator.http_wallet import WALLET_ROUTES, WalletApi
 from coordinator.live import Hub, LiveEndpoint
 from coordinator.openapi import openapi_document
+from coordinator.recorder import Journal, trim_session_logs
 from coordinator.runtime import Outbox, Runtime
 from coordinator.sessions import WorkerSessions
 from coordinator.store.sqlite import SqliteStore
@@ -94,27 +105,46 @@ def create_app(config: Config) -> Starlette:
             core.restore_task(task, done, failed, failures)
         core.restore_accepted(await store.recent_accepted(config.core.recent_accepted_max))
         core.restore_money(*await store.load_money())
+        core.restore_spending(await store.recent_payouts(int(time.time() * 1000) - 60_000))
         artifacts.sweep(set(core.tasks))
+        journal = None
+        if config.journal_enabled:
+            journal = Journal(config.data_dir / "journal", config.journal_segment_bytes,
+                              config.journal_bytes_max)
+            journal.open_segment(core, int(time.time() * 1000))
+        if config.session_logs_enabled:
+            trim_session_logs(config.data_dir / "sessions", config.session_logs_bytes_max)
         runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
-                          batch_max=config.commit_batch_max)
+                          batch_max=config.commit_batch_max, journal=journal)
         hub = Hub(core, config)
         sessions = WorkerSessions(config, accounts, runtime, artifacts, epoch)
         outbox.sessions, outbox.hub = sessions, hub
         api = TaskApi(config, core, runtime, store, accounts, artifacts)
-        holder.update(api=api, live=LiveEndpoint(hub, accounts, config), sessions=sessions)
+        wallet = WalletApi(config, core, runtime, store, accounts)
+        holder.update(api=api, wallet=wallet, live=LiveEndpoint(hub, accounts, config),
+                      sessions=sessions)
+        await accounts.ensure_auth_tables()
+        holder["dashboard"] = Dashboard(config, core, accounts, hub)  # the browser's routes
         if config.demo:
             await ensure_demo(accounts, config.data_dir / "demo.json")
+            await demo_passwords(accounts)
         log.info("coordinator ready: epoch %d, %d tasks restored", epoch, len(core.tasks))
         try:
             async with anyio.create_task_group() as tg:
                 runtime.start(tg)
                 tg.start_soon(hub.flusher)
+                if config.session_logs_enabled:
+                    tg.start_soon(sessions.flush_logs)
+                await wallet.grant_initial_all()  # sandbox starting credit, once per account
+                accounts.on_created = wallet.on_account_created
                 app.state.ready = True
                 yield
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 artifacts.close()
+                if journal is not None:
+                    journal.close()
                 await store.close()
 
     async def worker_ws(ws: WebSocket) -> None:
@@ -127,10 +157,10 @@ def create_app(config: Config) -> Starlette:
         assert isinstance(live, LiveEndpoint)
         await live(ws)
 
-    def api_route(name: str) -> Callable[[Request], Awaitable[Response]]:
+    def api_route(name: str, owner: str = "api") -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
-            api = holder["api"]
-            assert isinstance(api, TaskApi)
+            api = holder[owner]
+            assert isinstance(api, TaskApi | WalletApi | Dashboard)
             method: Callable[[Request], Awaitable[Response]] = getattr(api, name)
             return await method(request)
         return handler
@@ -140,6 +170,17 @@ def create_app(config: Config) -> Starlette:
 
     routes: list[Route | WebSocketRoute] = [
         Route(path, api_route(name), methods=[method]) for path, method, name in ROUTES
+    ]
+    routes += [
+        Route(path, api_route(name, "wallet"), methods=[method])
+        for path, method, name in WALLET_ROUTES
+    ]
+    # the dashboard: its files and its sign-in routes (coordinator/dashboard.py)
+    static = Static()
+    routes += [Route(path, static.serve, methods=["GET"]) for path in static.paths()]
+    routes += [
+        Route(path, api_route(name, "dashboard"), methods=[method])
+        for path, method, name in DASHBOARD_ROUTES
     ]
     routes += [
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -161,5 +202,6 @@ def create_app(config: Config) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
     )

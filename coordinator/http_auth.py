@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from coordinator.accounts import Account, Accounts, Role
@@ -41,11 +42,66 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 async def authenticate(request: Request, accounts: Accounts, *roles: Role) -> Account:
     token = bearer_token(request.headers)
     if token is None:
-        raise ApiError(401, "sign in: send the header 'Authorization: Bearer <token>'")
-    account = await accounts.authenticate(token)
+        account = await cookie_account(request, accounts)
+        if account is None:
+            raise ApiError(401, "sign in: send the header 'Authorization: Bearer <token>'")
+    else:
+        account = await accounts.authenticate(token)
     if account is None:
         raise ApiError(401, "unknown, revoked or expired token; ask an admin for a new one")
     if roles and account.role not in roles and account.role != "admin":
         raise ApiError(403, f"a {account.role} token cannot do this; it needs a "
                             f"{' or '.join(roles)} account's token")
     return account
+
+
+# ---- browser sessions (the dashboard): a cookie instead of a bearer token ------------------
+#
+# The cookie is HttpOnly and SameSite=Strict (see coordinator/dashboard.py). A request that
+# changes state with it must also carry the session's CSRF token in ``X-CSRF-Token`` (a
+# page of another site can make the browser send the cookie, never read the token); a
+# request with a bearer token needs none, since no browser adds that header by itself.
+
+SESSION_COOKIE = "tn_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """No Origin header (not a browser, or a same-origin GET), or one naming this host."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    host = conn.headers.get("host", "")
+    return origin.partition("://")[2].rstrip("/") == host
+
+
+async def cookie_account(request: Request, accounts: Accounts) -> Account | None:
+    """The account of the request's session cookie, or None if it has none; a stale cookie
+    or a state-changing request without the session's CSRF token is refused."""
+    sid = request.cookies.get(SESSION_COOKIE)
+    if not sid:
+        return None
+    web = await accounts.web_session(sid)
+    if web is None:
+        raise ApiError(401, "your sign-in has expired or ended; sign in again")
+    if request.method not in SAFE_METHODS:
+        given = request.headers.get(CSRF_HEADER, "")
+        if not same_origin(request) or not hmac.compare_digest(given.encode(),
+                                                               web.csrf.encode()):
+            raise ApiError(403, "a signed-in browser must send its X-CSRF-Token header "
+                                "(from GET /auth/session) with every change")
+    return web.account
+
+
+async def socket_account(conn: HTTPConnection, accounts: Accounts) -> Account | None:
+    """A WebSocket's account: its bearer token, or its session cookie when the handshake
+    comes from this site's own pages (a page of another site may not use the cookie)."""
+    token = bearer_token(conn.headers)
+    if token is not None:
+        return await accounts.authenticate(token)
+    sid = conn.cookies.get(SESSION_COOKIE)
+    if not sid or not same_origin(conn):
+        return None
+    web = await accounts.web_session(sid)
+    return None if web is None else web.account

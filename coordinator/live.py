@@ -4,47 +4,87 @@ The core marks tasks changed; every ``live_flush_ms`` the hub encodes each chang
 once and offers the frame to its subscribers' bounded queues. A subscriber whose queue is
 full is dropped (close 1013) and must reconnect for a fresh snapshot: a slow dashboard
 never slows the coordinator.
+
+The dashboard's views (built in ``live_views.py``): ``grid:<id>`` (a task's page: active
+assignments, burn-down history, and its chunk states as changed blocks), ``workers`` (the
+caller's own sessions), ``wallet`` (the caller's balances) and ``platform`` (admins). Each is
+built once per flush however many watch it, and sent only when it changed. All subscribers
+together get at most ``LIVE_FRAMES_PER_S_MAX`` task updates a second (see ``Hub._due``), so
+the cost of open dashboards to the coordinator is bounded, not proportional to their number.
 """
 
 from __future__ import annotations
 
+import heapq
+import time
+from collections import OrderedDict, deque
+
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from coordinator import live_views as views
 from coordinator.accounts import Account, Accounts
 from coordinator.config import Config
 from coordinator.core.core import Core
-from coordinator.http_auth import bearer_token
+from coordinator.core.lifecycle import TERMINAL_TASK_STATES
+from coordinator.core.state import Session, Task
+from coordinator.http_auth import socket_account
 from coordinator.views import task_info
 from schema import live as lv
 
 ENCODER = msgspec.json.Encoder()
+PLATFORM_EVERY_MS = 1000  # the platform view (and its chunks/s point) once a second
+LIVE_FRAMES_PER_S_MAX = 400  # task updates to all subscribers together, per second
+LIVE_COALESCE_MS_MAX = 3000  # ... but every view is updated at least this often
+TASKS_SNAPSHOT_MAX = 200  # tasks in a "tasks" snapshot: running ones, then the latest
 DECODER = msgspec.json.Decoder(lv.LiveClientMessage)
 
 
 class _Sub:
+    """One subscriber: its account, its topics and a bounded queue of frames for its writer.
+    A full queue marks it too slow: its writer then ends the socket (close 1013)."""
+
     def __init__(self, account: Account, queue_max: int) -> None:
         self.account = account
-        send, recv = anyio.create_memory_object_stream[bytes](queue_max)
-        self.send: MemoryObjectSendStream[bytes] = send
-        self.recv: MemoryObjectReceiveStream[bytes] = recv
+        self.queue: deque[bytes] = deque()
+        self.queue_max = queue_max
+        self.wake = anyio.Event()
+        self.dropped = False
         self.topics: set[str] = set()
 
-    def push(self, frame: bytes) -> None:
-        try:
-            self.send.send_nowait(frame)
-        except (anyio.WouldBlock, anyio.ClosedResourceError):
-            self.send.close()  # too slow: its writer ends the socket
+    def push(self, frame: bytes, snapshot: bool = False) -> None:
+        """Queue a frame; a snapshot's frames (bounded by their builders) always fit."""
+        if self.dropped:
+            return
+        if len(self.queue) >= self.queue_max and not snapshot:
+            self.dropped = True
+            self.queue.clear()
+        else:
+            self.queue.append(frame)
+        self.wake.set()
 
 
 class Hub:
+    """Topics and their subscribers. Keys: ``task:<id>``, ``grid:<id>``, ``tasks:<owner>``
+    (``tasks:*`` for admins), ``workers:<account>``, ``wallet:<account>``, ``platform``.
+    Each view is built once per flush, whatever the number of its subscribers."""
+
     def __init__(self, core: Core, config: Config) -> None:
         self.core = core
         self.config = config
         self.topics: dict[str, set[_Sub]] = {}
         self.dirty: set[str] = set()
+        # the dashboard's views (coordinator/live_views.py)
+        self.grids: dict[str, views.ChunkGrid] = {}  # tasks someone watches: states sent
+        self.history: dict[str, views.History] = {}  # tasks' burn-down points
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finished, with a history
+        self.escrows = views.EscrowIndex(core)
+        self.platform = views.Platform(core)
+        self._sent: dict[str, bytes] = {}  # workers / wallet view last sent, by topic key
+        self._platform_at = 0
+        self._tokens = float(LIVE_FRAMES_PER_S_MAX)  # the frame budget (see _due)
+        self._refilled = self._flushed = time.monotonic()
 
     def mark(self, task_id: str) -> None:
         self.dirty.add(task_id)
@@ -58,52 +98,186 @@ class Hub:
             await anyio.sleep(self.config.live_flush_ms / 1000)
             self.flush()
 
+    def _due(self) -> bool:
+        """May this flush go out? Frames cost the coordinator per subscriber, so all live
+        views together get at most ``LIVE_FRAMES_PER_S_MAX`` frames a second: with many
+        subscribers, updates are coalesced over longer periods (but never longer than
+        ``LIVE_COALESCE_MS_MAX``), so a thousand dashboards cost about what forty do."""
+        now = time.monotonic()
+        self._tokens = min(float(LIVE_FRAMES_PER_S_MAX),
+                           self._tokens + (now - self._refilled) * LIVE_FRAMES_PER_S_MAX)
+        self._refilled = now
+        cost = 0
+        for task_id in self.dirty:
+            task = self.core.tasks.get(task_id)
+            if task is not None:
+                cost += (len(self.topics.get(f"task:{task_id}", ()))
+                         + len(self.topics.get(f"tasks:{task.owner}", ()))
+                         + len(self.topics.get("tasks:*", ()))
+                         + 2 * len(self.topics.get(f"grid:{task_id}", ())))
+        if cost > self._tokens and now - self._flushed < LIVE_COALESCE_MS_MAX / 1000:
+            return False
+        self._tokens -= cost
+        self._flushed = now
+        return True
+
     def flush(self) -> None:
+        if not self._due():
+            return
         dirty, self.dirty = self.dirty, set()
         for task_id in dirty:
             task = self.core.tasks.get(task_id)
             if task is None:
                 continue
+            self._task_views(task)
             subs = (
                 self.topics.get(f"task:{task_id}", set())
                 | self.topics.get(f"tasks:{task.owner}", set())
                 | self.topics.get("tasks:*", set())
             )
-            if not subs:
+            if subs:
+                frame = ENCODER.encode(lv.TaskUpdate(task_info(self.core, task)))
+                for sub in subs:
+                    sub.push(frame)
+            watchers = self.topics.get(f"grid:{task_id}")
+            if watchers:
+                self._task_page(task, watchers)
+        self._account_views()
+        if self.core.now - self._platform_at >= PLATFORM_EVERY_MS:
+            self._platform_at = self.core.now
+            self.platform.sample(self.core.now)
+            admins = self.topics.get("platform")
+            if admins:
+                _push_all(admins, ENCODER.encode(self.platform.view()))
+
+    # ---- the dashboard's views ----------------------------------------------------------
+
+    def _task_views(self, task: Task) -> None:
+        """Bookkeeping of every changed task, watched or not (a few numbers each)."""
+        self.escrows.update(task)
+        self.platform.task_changed(task)
+        history = self.history.get(task.id)
+        if history is None:
+            history = self.history[task.id] = views.History()
+        history.add(self.core.now, task.done, task.spent)
+        if task.state in TERMINAL_TASK_STATES and task.id not in self._finished:
+            self._finished[task.id] = None  # a finished task's history is kept a while
+            if len(self._finished) > views.HISTORY_FINISHED_MAX:
+                gone, _ = self._finished.popitem(last=False)
+                self.history.pop(gone, None)
+
+    def _task_page(self, task: Task, watchers: set[_Sub]) -> None:
+        detail = views.task_detail(self.core, task, None, with_history=False)
+        _push_all(watchers, ENCODER.encode(detail))
+        grid = self.grids.get(task.id)
+        if grid is not None:
+            ranges = grid.diff(task.chunk_state)
+            if ranges is None or ranges:
+                _push_all(watchers, ENCODER.encode(lv.ChunkStates(
+                    task.id, grid.seq, ranges or [], refetch=ranges is None)))
+
+    def _account_views(self) -> None:
+        """Workers and wallet views of the accounts that watch them, sent when changed."""
+        by_account: dict[str, list[Session]] | None = None
+        for key, subs in self.topics.items():
+            kind, _, account_id = key.partition(":")
+            if not subs or kind not in ("workers", "wallet"):
                 continue
-            frame = ENCODER.encode(lv.TaskUpdate(task_info(self.core, task)))
-            for sub in subs:
-                sub.push(frame)
+            view: lv.WorkersView | lv.WalletView
+            if kind == "workers":
+                if by_account is None:
+                    by_account = {}
+                    for s in self.core.sessions.values():
+                        by_account.setdefault(s.account_id, []).append(s)
+                view = views.workers_view(self.core, by_account.get(account_id, []))
+            else:
+                view = views.wallet_view(self.core, account_id, self.escrows)
+            body = ENCODER.encode(msgspec.structs.replace(view, now_ms=0))  # time alone: same
+            if self._sent.get(key) != body:
+                self._sent[key] = body
+                _push_all(subs, ENCODER.encode(view))
+
+    def chunk_seq(self, task_id: str) -> int:
+        """The last chunk-states update sent for a task (0 before any)."""
+        grid = self.grids.get(task_id)
+        return 0 if grid is None else grid.seq
+
+    def _snapshot(self, key: str, account: Account) -> list[bytes]:
+        core = self.core
+        kind, _, rest = key.partition(":")
+        if kind == "tasks":  # the live tasks and the latest finished ones, newest first
+            tasks = [t for t in core.tasks.values() if rest == "*" or t.owner == rest]
+            shown = heapq.nsmallest(TASKS_SNAPSHOT_MAX, tasks, key=lambda t: (
+                t.state in TERMINAL_TASK_STATES, -t.created_ms))
+            return [f for t in shown if (f := self.frame(t.id))]
+        if kind == "task":
+            frame = self.frame(rest)
+            return [frame] if frame else []
+        if kind == "grid":
+            task = core.tasks[rest]
+            grid = self.grids.setdefault(task.id, views.ChunkGrid(task.chunk_state))
+            return [ENCODER.encode(views.task_detail(core, task, self.history.get(task.id),
+                                                     with_history=True)),
+                    ENCODER.encode(lv.ChunkStates(task.id, grid.seq, refetch=True))]
+        if kind == "workers":
+            mine = [s for s in core.sessions.values() if s.account_id == account.id]
+            return [ENCODER.encode(views.workers_view(core, mine))]
+        if kind == "wallet":
+            return [ENCODER.encode(views.wallet_view(core, account.id, self.escrows))]
+        if kind == "platform":
+            return [ENCODER.encode(self.platform.view())]
+        raise AssertionError(f"no snapshot for {key}")
+
+    # ---- subscriptions ------------------------------------------------------------------
 
     def may_see(self, account: Account, task_id: str) -> bool:
         task = self.core.tasks.get(task_id)
         return task is not None and (account.role == "admin" or task.owner == account.id)
 
+    def key_of(self, account: Account, topic: str) -> str | None:
+        """The topic's key for this account, or None if it may not watch it."""
+        admin = account.role == "admin"
+        if topic == "tasks":
+            return "tasks:*" if admin else f"tasks:{account.id}"
+        if topic.startswith(("task:", "grid:")):
+            return topic if self.may_see(account, topic[5:]) else None
+        if topic in ("workers", "wallet"):
+            return f"{topic}:{account.id}"
+        if topic == "platform":
+            return topic if admin else None
+        return None
+
     def subscribe(self, sub: _Sub, topic: str) -> str | None:
         """Subscribe, queue the snapshot, and return None; or return why not."""
-        if topic == "tasks":
-            key = "tasks:*" if sub.account.role == "admin" else f"tasks:{sub.account.id}"
-            snapshot = [
-                t.id for t in self.core.tasks.values()
-                if sub.account.role == "admin" or t.owner == sub.account.id
-            ]
-        elif topic.startswith("task:") and self.may_see(sub.account, topic[5:]):
-            key, snapshot = topic, [topic[5:]]
-        else:
-            return "no such topic, or not yours to watch"
+        key = self.key_of(sub.account, topic)
+        if key is None:
+            return ("only admins may watch the platform" if topic == "platform"
+                    else "no such topic, or not yours to watch")
+        if key in sub.topics:
+            return None
         self.topics.setdefault(key, set()).add(sub)
         sub.topics.add(key)
-        for task_id in snapshot:
-            frame = self.frame(task_id)
-            if frame is not None:
-                sub.push(frame)
+        for frame in self._snapshot(key, sub.account):
+            sub.push(frame, snapshot=True)
         return None
 
     def unsubscribe(self, sub: _Sub, topics: list[str] | None = None) -> None:
+        keys = None if topics is None else {self.key_of(sub.account, t) for t in topics}
         for key in list(sub.topics):
-            if topics is None or key in topics or (key.startswith("tasks:") and "tasks" in topics):
-                self.topics.get(key, set()).discard(sub)
+            if keys is None or key in keys:
+                subs = self.topics.get(key, set())
+                subs.discard(sub)
                 sub.topics.discard(key)
+                if not subs:
+                    self.topics.pop(key, None)
+                    self._sent.pop(key, None)
+                    if key.startswith("grid:"):
+                        self.grids.pop(key[5:], None)
+
+
+def _push_all(subs: set[_Sub], frame: bytes) -> None:
+    for sub in subs:
+        sub.push(frame)
 
 
 class LiveEndpoint:
@@ -113,10 +287,10 @@ class LiveEndpoint:
         self.config = config
 
     async def __call__(self, ws: WebSocket) -> None:
-        token = bearer_token(ws.headers)
-        account = await self.accounts.authenticate(token) if token else None
+        account = await socket_account(ws, self.accounts)
         if account is None:
-            await ws.close(1008, "sign in: send Authorization: Bearer <token>")
+            await ws.close(1008, "sign in: send Authorization: Bearer <token> (or sign in "
+                                 "on the dashboard)")
             return
         await ws.accept()
         sub = _Sub(account, self.config.live_queue_max)
@@ -150,10 +324,17 @@ class LiveEndpoint:
                 self.hub.unsubscribe(sub, msg.topics)
 
     async def _writer(self, ws: WebSocket, sub: _Sub, scope: anyio.CancelScope) -> None:
+        """Send what is queued, a batch per wake-up (one task switch for many frames)."""
+        send = ws.send
         try:
-            async for frame in sub.recv:
-                await ws.send_text(frame.decode())
-            await ws.close(1013, "too slow to keep up; reconnect for a fresh snapshot")
+            while True:
+                await sub.wake.wait()
+                sub.wake = anyio.Event()  # before draining: a push from now on wakes us again
+                if sub.dropped:
+                    await ws.close(1013, "too slow to keep up; reconnect for a fresh snapshot")
+                    break
+                while sub.queue:
+                    await send({"type": "websocket.send", "text": sub.queue.popleft().decode()})
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         scope.cancel()
