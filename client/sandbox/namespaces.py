@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 
 from client.sandbox import _sys
 from client.sandbox.base import LayerUnavailable, SandboxConfig
@@ -58,15 +59,24 @@ class NamespaceLayer:
         # A handle on the code directory in the new mount namespace, taken before /tmp is
         # replaced (a bind mount's source must belong to the caller's mount namespace).
         code_fd = _open_path(cfg.code_dir) if cfg.code_dir is not None else None
+        # The Python installation and our package may live under /tmp too (a checkout or
+        # venv there): keep them visible, read-only, in the new /tmp.
+        kept = [(p, fd) for p in _runtime_dirs_under_tmp()
+                if (fd := _open_path(p)) is not None]
         try:
             _sys.mount("tmpfs", "/tmp", "tmpfs", _TMPFS_FLAGS, _tmpfs_options(cfg.tmp_bytes_max))
             self.private_tmp = "/tmp"
             if cfg.code_dir is not None and code_fd is not None:
                 _reattach(cfg.code_dir, code_fd)
                 _bind_read_only(cfg.code_dir, code_fd)
+            for path, fd in kept:
+                _reattach(path, fd)
+                _bind_read_only(path, fd)
         finally:
             if code_fd is not None:
                 os.close(code_fd)
+            for _, fd in kept:
+                os.close(fd)
         if cfg.scratch_dir is not None:
             os.makedirs(cfg.scratch_dir, mode=0o700, exist_ok=True)
             opts = _tmpfs_options(cfg.scratch_bytes_max)
@@ -179,6 +189,27 @@ def _same_dir(path: str, fd: int) -> bool:
         return False
     ref = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
+
+
+def _runtime_dirs_under_tmp() -> list[str]:
+    """The outermost directories under /tmp that Python needs: its prefixes, the stdlib,
+    sys.path entries and the ``client`` package (never a whole checkout)."""
+    import client
+
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                  os.path.dirname(os.__file__), os.path.dirname(client.__file__),
+                  *[p for p in sys.path if p]]
+    project = os.path.dirname(os.path.dirname(os.path.realpath(client.__file__)))
+    found: set[str] = set()
+    for raw in candidates:
+        path = os.path.realpath(raw)
+        if path.startswith("/tmp/") and os.path.isdir(path) and path != project:
+            found.add(path)
+    keep: list[str] = []
+    for path in sorted(found, key=len):
+        if not any(path.startswith(k + "/") for k in keep):
+            keep.append(path)
+    return keep
 
 
 def _reattach(path: str, fd: int) -> None:

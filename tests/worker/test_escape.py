@@ -255,7 +255,7 @@ async def test_honest_code_still_works(runner: SlotRunner, tmp_path: Path) -> No
         """
         import asyncio, concurrent.futures, datetime, decimal, hashlib, json, math, os, re
         import sqlite3, ssl, tempfile, threading, zoneinfo
-        import msgspec, sortedcontainers
+        import anyio, msgspec
         from pathlib import Path
 
         HERE = Path(__file__).parent
@@ -264,7 +264,7 @@ async def test_honest_code_still_works(runner: SlotRunner, tmp_path: Path) -> No
             out = {"json": json.loads("[1]"), "sqrt": math.sqrt(16),
                    "sha": hashlib.sha256(b"x").hexdigest()[:8],
                    "re": re.findall(r"\\d", "a1b2"), "dec": str(decimal.Decimal("1.1") * 2),
-                   "sorted": list(sortedcontainers.SortedList([3, 1, 2])),
+                   "sorted": sorted([3, 1, 2]), "anyio": anyio.__name__,
                    "msgspec": msgspec.json.encode([1]).decode(),
                    "sqlite": sqlite3.connect(":memory:").execute("select 7").fetchone()[0],
                    "ssl": ssl.OPENSSL_VERSION.split()[0],
@@ -304,7 +304,7 @@ async def test_honest_code_still_works(runner: SlotRunner, tmp_path: Path) -> No
     numpy = out.pop("numpy")
     assert out == {
         "json": [1], "sqrt": 4.0, "sha": "2d711642", "re": ["1", "2"], "dec": "2.2",
-        "sorted": [1, 2, 3], "msgspec": "[1]", "sqlite": 7, "ssl": "OpenSSL",
+        "sorted": [1, 2, 3], "anyio": "anyio", "msgspec": "[1]", "sqlite": 7, "ssl": "OpenSSL",
         "tz": "2020-01-01 00:00:00+01:00", "threads": [0, 1, 2, 3], "pool": [1, 2, 3],
         "asyncio": "ok", "data": "a,b\n1,2\n", "scratch": "kept", "tempfile": True,
         "tmp": "private", "cpus": out["cpus"],
