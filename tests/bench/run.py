@@ -11,7 +11,7 @@ from tests.bench import creation, failover, idle, throughput
 
 
 def main() -> None:
-    rows: list[tuple[str, str, str]] = []
+    rows = _Rows()
     for workers in (2, 4):
         r = throughput.measure(workers, 2, 20_000)
         rows.append((f"no-op chunks/s, {workers} workers x 2 slots",
@@ -27,9 +27,15 @@ def main() -> None:
     rows.append(("1,000,000-chunk task created", f"{creation.measure():.2f} s", "< 10 s"))
     _, rss, _ = idle.measure()
     rows.append(("10,000 idle worker sessions, RSS", f"{rss / 2**20:.0f} MiB", "< 2048 MiB"))
-    width = max(len(r[0]) for r in rows)
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>22}   target {target}")
+
+
+class _Rows(list[tuple[str, str, str]]):
+    """Prints each row as it is measured (a later failure keeps the earlier numbers)."""
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        super().append(row)
+        name, value, target = row
+        print(f"{name:<42}  {value:>22}   target {target}", flush=True)
 
 
 if __name__ == "__main__":
