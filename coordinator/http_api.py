@@ -34,6 +34,8 @@ from coordinator.store.sqlite import SqliteStore
 from coordinator.uploads import UploadError, parse_code, parse_dataset
 from coordinator.views import chunk_infos, task_info
 from schema.rest import (
+    ChunkAttempt,
+    ChunkDetail,
     ChunkPage,
     FundRequest,
     Health,
@@ -45,6 +47,8 @@ from schema.rest import (
 
 VERSION = "0.1.0"
 RESULT_PAGE_ROWS = 256
+PREVIEW_ITEMS = 3  # outputs shown in a chunk's result preview
+PREVIEW_CHARS = 300
 
 # (path, method, TaskApi method name)
 ROUTES = [
@@ -53,6 +57,7 @@ ROUTES = [
     ("/api/tasks", "GET", "list"),
     ("/api/tasks/{task_id}", "GET", "get"),
     ("/api/tasks/{task_id}/chunks", "GET", "chunks"),
+    ("/api/tasks/{task_id}/chunks/{index:int}", "GET", "chunk"),
     ("/api/tasks/{task_id}/results", "GET", "results"),
     ("/api/tasks/{task_id}/cancel", "POST", "cancel"),
     ("/api/tasks/{task_id}/fund", "POST", "fund"),
@@ -166,6 +171,25 @@ class TaskApi:
         ]
         nxt = offset + limit if offset + limit < task.chunks_total else None
         return json_response(ChunkPage(page, nxt))
+
+    async def chunk(self, request: Request) -> Response:
+        account = await authenticate(request, self.accounts, "customer")
+        task = self._own_task(account, request.path_params["task_id"])
+        index = int(request.path_params["index"])
+        if not 0 <= index < task.chunks_total:
+            raise ApiError(404, f"the task has chunks 0 to {task.chunks_total - 1}")
+        [info] = chunk_infos(self.core, task, index, 1)
+        await self.runtime.flushed()  # answer once what it shows is durable
+        history, output = await self.store.chunk_history(task.id, index)
+        workers = await self.store.chunk_workers(task.id, index, index + 1)
+        if info.state == "done":
+            info = msgspec.structs.replace(info, worker=workers.get(index))
+        preview = None
+        if output is not None:
+            text = msgspec.json.encode(msgspec.msgpack.decode(output)[:PREVIEW_ITEMS]).decode()
+            preview = text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+        return json_response(ChunkDetail(
+            info, [ChunkAttempt(at, w, err, final) for at, w, err, final in history], preview))
 
     async def cancel(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")

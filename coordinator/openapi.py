@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from schema.rest import (
+    ChunkDetail,
     ChunkPage,
     DepositRequest,
     DepositResult,
@@ -29,7 +30,7 @@ from schema.rest import (
     WithdrawResult,
 )
 
-_MODELS = (TaskSpec, TaskInfo, TaskCreated, TaskList, ChunkPage, ErrorBody, Health,
+_MODELS = (TaskSpec, TaskInfo, TaskCreated, TaskList, ChunkPage, ChunkDetail, ErrorBody, Health,
            DepositRequest, WithdrawRequest, FundRequest, Wallet, DepositResult, WithdrawResult,
            TransactionPage, Earnings, WithdrawalInfo, WithdrawalList, LedgerSummary, WebhookAck)
 
@@ -139,6 +140,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/tasks/{task_id}": {"get": _op("One task", TaskInfo, parameters=_TASK_ID)},
             "/api/tasks/{task_id}/chunks": {
                 "get": _op("A page of a task's chunks", ChunkPage, parameters=page_params)},
+            "/api/tasks/{task_id}/chunks/{index}": {
+                "get": _op("One chunk: its failed attempts and a result preview", ChunkDetail,
+                           parameters=[*_TASK_ID, {"name": "index", "in": "path",
+                                                   "required": True,
+                                                   "schema": {"type": "integer"}}])},
             "/api/tasks/{task_id}/results": {
                 "get": _op("Outputs in item order (streamed)", None,
                            parameters=results_params)},

@@ -27,6 +27,7 @@ DOCUMENTS: dict[str, Any] = {
     "rest-task-created": rest.TaskCreated,
     "rest-task-list": rest.TaskList,
     "rest-chunk-page": rest.ChunkPage,
+    "rest-chunk-detail": rest.ChunkDetail,
     "rest-error": rest.ErrorBody,
     "rest-deposit-request": rest.DepositRequest,
     "rest-withdraw-request": rest.WithdrawRequest,

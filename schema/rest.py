@@ -106,6 +106,23 @@ class ChunkPage(msgspec.Struct, frozen=True):
     next_offset: int | None = None
 
 
+class ChunkAttempt(msgspec.Struct, frozen=True):
+    """One failed attempt of a chunk (its history; the accepted one is the chunk's worker)."""
+
+    at_ms: int
+    worker: str
+    error: str
+    final: bool
+
+
+class ChunkDetail(msgspec.Struct, frozen=True):
+    """``GET /api/tasks/{id}/chunks/{index}``: one chunk, its history and a result preview."""
+
+    chunk: ChunkInfo
+    history: list[ChunkAttempt]
+    preview: str | None = None  # the first outputs as JSON, cut to PREVIEW_CHARS
+
+
 class ErrorBody(msgspec.Struct, frozen=True):
     """Every 4xx/5xx body: what went wrong and, where it helps, which field."""
 

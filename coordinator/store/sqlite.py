@@ -368,6 +368,18 @@ class SqliteStore:
         )
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
+    async def chunk_history(
+        self, task_id: str, chunk: int
+    ) -> tuple[list[tuple[int, str, str, bool]], bytes | None]:
+        """A chunk's failed attempts (at_ms, worker, error, final) and its output, if any."""
+        rows = await self.reader.execute_fetchall(
+            "SELECT at_ms, worker_id, error, final FROM failures WHERE task_id = ?"
+            " AND chunk_index = ? ORDER BY id LIMIT 100", (task_id, chunk))
+        out = await self.one("SELECT output FROM results WHERE task_id = ? AND chunk_index = ?",
+                             (task_id, chunk))
+        return ([(int(r[0]), str(r[1]), str(r[2]), bool(r[3])) for r in rows],
+                None if out is None else bytes(out[0]))
+
     async def chunk_workers(self, task_id: str, lo: int, hi: int) -> dict[int, str]:
         rows = await self.reader.execute_fetchall(
             "SELECT chunk_index, worker_id FROM results WHERE task_id = ?"

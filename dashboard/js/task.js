@@ -25,11 +25,12 @@ export function mountTask(root, ctx, taskId) {
   const grid = new ChunkGrid({
     label: 'Chunk grid: one cell per chunk, coloured by state. Focus it and use the arrow keys to read chunks.',
     describe: async (i) => {
-      const page = await api.get(`/api/tasks/${taskId}/chunks?offset=${i}&limit=1`);
-      const c = page.chunks[0];
-      if (!c) return '';
+      const d = await api.get(`/api/tasks/${taskId}/chunks/${i}`);
+      const c = d.chunk;
+      const history = d.history.map((a) => `failed on ${a.worker}: ${a.error}`);
       return [`attempts ${c.attempts}`, c.worker && `worker ${c.worker}`,
-        c.lease_id && `lease ${c.lease_id}`, c.error && `error: ${c.error}`].filter(Boolean).join(' · ');
+        c.lease_id && `lease ${c.lease_id}`, ...history,
+        d.preview && `result: ${d.preview}`].filter(Boolean).join(' · ');
     },
   });
   const chunkSync = { seq: null, buffer: [], fetching: false, lastFetch: 0, timer: 0 };

@@ -44,6 +44,16 @@ def test_raising_chunk_is_retried_then_fails_the_task(one_worker: tuple[Api, Wor
     assert "ValueError: bad 13" in bad["error"] and "item 3" in bad["error"], bad["error"]
     assert api.results(created["id"]) == EXPECTED_13
 
+    # one chunk's story: the failed chunk's attempts, and a done chunk's result preview
+    detail = api.ok("GET", f"/api/tasks/{created['id']}/chunks/1")
+    assert [(a["worker"], a["final"]) for a in detail["history"]] == [
+        ("lonely", False), ("lonely", False), ("lonely", True)]
+    assert all("ValueError: bad 13" in a["error"] for a in detail["history"])
+    assert detail["preview"] is None
+    done = api.ok("GET", f"/api/tasks/{created['id']}/chunks/2")
+    assert (done["chunk"]["state"], done["preview"]) == ("done", "[200,210,220]")
+    assert api.call("GET", f"/api/tasks/{created['id']}/chunks/3").status == 404
+
 
 def test_chunk_past_its_timeout_is_failed(one_worker: tuple[Api, Worker]) -> None:
     api, worker = one_worker
