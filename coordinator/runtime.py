@@ -64,6 +64,17 @@ class Outbox:
         raise NotImplementedError
 
 
+async def restore_core(core: Core, store: SqliteStore, now_ms: int) -> Core:
+    """Hand a freshly booted ``core`` what the store kept: tasks (with their votes, results
+    and failures), the leases recently acknowledged, the books, the last minute's spending."""
+    async for task, done, failed, failures in store.load_tasks():
+        core.restore_task(task, done, failed, failures)
+    core.restore_accepted(await store.recent_accepted(core.config.recent_accepted_max))
+    core.restore_money(*await store.load_money())
+    core.restore_spending(await store.recent_payouts(now_ms - 60_000))
+    return core
+
+
 class Runtime:
     def __init__(
         self,

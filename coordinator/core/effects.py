@@ -100,6 +100,20 @@ class PersistVote(Effect, tag="p_vote", frozen=True):
     at_ms: int
 
 
+class PersistAck(Effect, tag="p_ack", frozen=True):
+    """A replica acknowledged when its chunk's verdict came (the vote that decided it or
+    made it fail), kept as neither vote nor result: remembered so that its worker's re-send
+    after a restart is answered ``accepted`` again."""
+
+    task_id: str
+    chunk_index: int
+    lease_id: int
+    account_id: str
+    worker_id: str
+    digest: str
+    at_ms: int
+
+
 class PersistVotesCleared(Effect, tag="p_votes_cleared", frozen=True):
     task_id: str
     chunk_index: int | None  # None: every chunk of the task
@@ -159,5 +173,5 @@ class PersistWithdrawal(Effect, tag="p_withdrawal", frozen=True):
 
 PERSISTENT = (
     PersistTask, PersistTaskState, PersistResult, PersistFailure, PersistTransfer,
-    PersistWithdrawal, PersistTaskSettings, PersistVote, PersistVotesCleared,
+    PersistWithdrawal, PersistTaskSettings, PersistVote, PersistVotesCleared, PersistAck,
 )

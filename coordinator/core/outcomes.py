@@ -66,6 +66,7 @@ class Outcomes:
             self.drop_lease(lease, ChunkState.PENDING, ev.at_ms)
             core.send(ev.session_id, Accepted(lease.id, 0))
         elif v.outcome == "fail":
+            self._acknowledged(lease, vote)
             self._forget_votes(task, lease.chunk)
             self.chunk_failed(lease, v.reason, False, ev.at_ms)
             core.send(ev.session_id, Accepted(lease.id, 0))
@@ -75,6 +76,8 @@ class Outcomes:
                 ev.eid, task.id, lease.chunk, winner.lease_id, winner.account_id,
                 winner.worker_id, winner.output, winner.digest, n, ev.at_ms,
             ))
+            if winner.lease_id != lease.id:
+                self._acknowledged(lease, vote)
             self.drop_lease(lease, ChunkState.DONE, ev.at_ms)
             task.done += 1
             task.items_done += n
@@ -108,6 +111,12 @@ class Outcomes:
             if key not in agreed:  # a worker that failed it, then completed it, is not blamed
                 core.trust.blamed(key, core.now)
         return credited
+
+    def _acknowledged(self, lease: Lease, vote: Vote) -> None:
+        """A replica told ``accepted`` whose result no row keeps (see fx.PersistAck)."""
+        self.core.emit(fx.PersistAck(self.core.cause, lease.task_id, lease.chunk, lease.id,
+                                     lease.account_id, lease.worker_id, vote.digest,
+                                     vote.at_ms))
 
     def _forget_votes(self, task: Task, chunk: int) -> None:
         held = task.votes.pop(chunk, None)

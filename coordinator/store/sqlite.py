@@ -47,9 +47,13 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS votes (
     task_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, lease_id INTEGER PRIMARY KEY,
     account_id TEXT NOT NULL, worker_id TEXT NOT NULL, digest TEXT NOT NULL,
-    output BLOB NOT NULL, at_ms INTEGER NOT NULL
+    output BLOB NOT NULL, at_ms INTEGER NOT NULL,
+    -- 1 once the chunk's verdict no longer needs it: the row stays (its output emptied)
+    -- because its worker was told `accepted` and may re-send after a restart
+    cleared INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS votes_chunk ON votes(task_id, chunk_index);
+CREATE INDEX IF NOT EXISTS votes_at ON votes(at_ms);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks(owner, created_ms);
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, lease_id INTEGER NOT NULL,
@@ -93,6 +97,7 @@ _INSERT_TASK = (
     " budget, max_spend_per_minute, priority, verification, quorum_k, quorum_m,"
     " spot_per_mille, salt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_CLEAR_VOTES = "UPDATE votes SET cleared = 1, output = x'' WHERE cleared = 0 AND task_id = ?"
 _INSERT_TRANSFER = (
     "INSERT INTO transfers (id, kind, at_ms, key, task_id, chunk_index, lease_id, memo)"
     " VALUES (?,?,?,?,?,?,?,?)"
@@ -130,12 +135,20 @@ _TASK_COLUMNS_ADDED = {
 }
 
 
+_COLUMNS_ADDED = {
+    "tasks": _TASK_COLUMNS_ADDED,
+    "votes": {"cleared": "INTEGER NOT NULL DEFAULT 0"},
+}
+
+
 async def _migrate(db: aiosqlite.Connection) -> None:
     """Bring a database made by an older version up to this schema."""
-    have = {str(r[1]) for r in await db.execute_fetchall("PRAGMA table_info(tasks)")}
-    for column, decl in _TASK_COLUMNS_ADDED.items():
-        if column not in have:
-            await db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {decl}")
+    for table, added in _COLUMNS_ADDED.items():
+        have = {str(r[1]) for r in await db.execute_fetchall(f"PRAGMA table_info({table})")}
+        for column, decl in added.items():
+            if column not in have:
+                await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    await db.execute("CREATE INDEX IF NOT EXISTS votes_at ON votes(at_ms)")
 
 
 class SqliteStore:
@@ -225,7 +238,10 @@ class SqliteStore:
                     settings.append((e.max_concurrency, e.priority, e.task_id))
                 case fx.PersistVote():
                     votes.append((e.task_id, e.chunk_index, e.lease_id, e.account_id,
-                                  e.worker_id, e.digest, e.output, e.at_ms))
+                                  e.worker_id, e.digest, e.output, e.at_ms, 0))
+                case fx.PersistAck():  # a vote row born cleared (see _CLEAR_VOTES)
+                    votes.append((e.task_id, e.chunk_index, e.lease_id, e.account_id,
+                                  e.worker_id, e.digest, b"", e.at_ms, 1))
                 case fx.PersistVotesCleared():
                     cleared.append((e.task_id, e.chunk_index))
                 case fx.PersistWithdrawal():
@@ -261,13 +277,14 @@ class SqliteStore:
                 if votes:
                     await db.executemany(
                         "INSERT INTO votes (task_id, chunk_index, lease_id, account_id,"
-                        " worker_id, digest, output, at_ms) VALUES (?,?,?,?,?,?,?,?)", votes)
+                        " worker_id, digest, output, at_ms, cleared)"
+                        " VALUES (?,?,?,?,?,?,?,?,?)", votes)
                 for task_id, chunk in cleared:  # after inserts: a turn may add then clear
                     if chunk is None:
-                        await db.execute("DELETE FROM votes WHERE task_id = ?", (task_id,))
+                        await db.execute(_CLEAR_VOTES, (task_id,))
                     else:
-                        await db.execute("DELETE FROM votes WHERE task_id = ? AND"
-                                         " chunk_index = ?", (task_id, chunk))
+                        await db.execute(_CLEAR_VOTES + " AND chunk_index = ?",
+                                         (task_id, chunk))
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
@@ -298,7 +315,7 @@ class SqliteStore:
             )
             for v in await self.db.execute_fetchall(
                 "SELECT chunk_index, lease_id, account_id, worker_id, digest, output, at_ms"
-                " FROM votes WHERE task_id = ? ORDER BY lease_id", (task.id,)
+                " FROM votes WHERE task_id = ? AND cleared = 0 ORDER BY lease_id", (task.id,)
             ):
                 task.votes.setdefault(int(v[0]), []).append(
                     Vote(int(v[1]), str(v[2]), str(v[3]), str(v[4]), bytes(v[5]), int(v[6])))
@@ -350,11 +367,16 @@ class SqliteStore:
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     async def recent_accepted(self, limit: int) -> list[tuple[int, str]]:
-        rows = await self.db.execute_fetchall(
-            "SELECT lease_id, account_id, worker_id FROM results ORDER BY at_ms DESC LIMIT ?",
-            (limit,),
-        )
-        return [(int(r[0]), worker_key(r[1], r[2])) for r in reversed(list(rows))]
+        """The ``limit`` latest leases whose workers were told ``accepted``, oldest first:
+        results, and under verification every replica's vote (cleared ones included)."""
+        rows: list[tuple[int, int, str]] = []
+        for table in ("results", "votes"):
+            rows += [(int(r[3]), int(r[0]), worker_key(r[1], r[2]))
+                     for r in await self.db.execute_fetchall(
+                         f"SELECT lease_id, account_id, worker_id, at_ms FROM {table}"
+                         " ORDER BY at_ms DESC LIMIT ?", (limit,))]
+        rows.sort()
+        return [(lease, key) for _, lease, key in rows[-limit:]]
 
     # ---- queries ----------------------------------------------------------------------
 

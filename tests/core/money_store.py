@@ -43,7 +43,8 @@ class MoneyStore:
     withdrawals: dict[int, fx.PersistWithdrawal] = field(default_factory=dict)
     settings: dict[str, tuple[int, int]] = field(default_factory=dict)  # cap, priority
     votes: dict[int, fx.PersistVote] = field(default_factory=dict)  # lease -> awaiting verdict
-    votes_ever: dict[int, fx.PersistVote] = field(default_factory=dict)  # (not a table)
+    # every vote, cleared ones too, and the acks of fx.PersistAck
+    votes_ever: dict[int, fx.PersistVote | fx.PersistAck] = field(default_factory=dict)
     commits: int = 0
 
     # ---- one group commit -------------------------------------------------------------
@@ -90,6 +91,9 @@ class MoneyStore:
             case fx.PersistVote():
                 _unique(e.lease_id not in self.votes, f"vote of lease {e.lease_id} twice")
                 self.votes[e.lease_id] = self.votes_ever[e.lease_id] = e
+            case fx.PersistAck():  # the real store: a vote row born cleared
+                _unique(e.lease_id not in self.votes_ever, f"ack of lease {e.lease_id} twice")
+                self.votes_ever[e.lease_id] = e
             case fx.PersistVotesCleared():
                 for lease_id, v in list(self.votes.items()):
                     if v.task_id == e.task_id and e.chunk_index in (None, v.chunk_index):
@@ -168,7 +172,8 @@ class MoneyStore:
                     if f.final:
                         failed[f.chunk_index] = f.error
             core.restore_task(task, done, failed, failures)
-        rows = sorted(self.result_of_lease.values(), key=lambda r: r.at_ms)
+        rows = sorted([*self.result_of_lease.values(), *self.votes_ever.values()],
+                      key=lambda r: (r.at_ms, r.lease_id))
         core.restore_accepted([
             (r.lease_id, worker_key(r.account_id, r.worker_id))
             for r in rows[-core.config.recent_accepted_max:]

@@ -23,8 +23,8 @@ the turns in flight (equal right after a restore); every ``accepted`` a worker r
 names a durable result, and its payout when it credits; each payout pays a result that was
 accepted (or agreed with it) to the worker who sent it, once; a lease that ended without
 its result kept (revoked, expired, cancelled, failed, lost in a crash) is never paid; no
-task pays more than its cap in a minute. Two bugs found here (RESEND_BUG, CAP_BUG below)
-are tolerated by ``TestMoney`` and shown by the xfail tests at the end.
+task pays more than its cap in a minute. Two bugs found here (RESEND_BUG, CAP_BUG below,
+both fixed) keep their own tests at the end.
 
     TN_MONEY_EXAMPLES=1000 .venv/bin/pytest tests/core/test_money_props.py   # a longer run
     TN_MONEY_SEED=random ...     # explore new sequences (the default replays fixed ones)
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -127,7 +126,8 @@ def heartbeat(sid: str) -> Build:
 
 def named(effects: list[fx.Effect]) -> set[int]:
     """Leases whose result these effects persist: accepted, paid, or a vote kept."""
-    kept = {e.lease_id for e in effects if isinstance(e, fx.PersistResult | fx.PersistVote)}
+    kept = {e.lease_id for e in effects
+            if isinstance(e, fx.PersistResult | fx.PersistVote | fx.PersistAck)}
     return kept | {e.lease_id for e in effects if isinstance(e, fx.PersistTransfer)
                    and e.kind == "payout" and e.lease_id is not None}
 
@@ -150,7 +150,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # Known bugs, tolerated here so that everything else stays guarded; the xfail tests at
     # the end run this machine with them strict.
-    strict_resend = False  # test_resent_results_stay_accepted_across_restarts
+    strict_resend = True  # fixed: the store keeps every acknowledged vote
     strict_cap = True  # fixed: Core.restore_spending
 
     def __init__(self) -> None:
@@ -687,16 +687,13 @@ class MoneyMachine(RuleBasedStateMachine):
 
     def _received_accepted(self, worker: Worker, message: Accepted) -> None:
         """Invariant 5: an ``accepted`` names a durable result and, when it credits the
-        worker, its payout. Under verification it may name a vote awaiting its verdict, the
-        replica that decided a chunk (whose winner's result is stored), or one of a chunk
-        whose replicas never agreed (it failed; nobody is paid)."""
+        worker, its payout. Under verification it may name a vote (awaiting its verdict or
+        cleared since) or the ack of the replica that decided a chunk or made it fail."""
         s, lease_id = self.store, message.lease_id
-        task_id, chunk, key = self.granted[lease_id]
+        task_id, _, key = self.granted[lease_id]
         assert key == worker.key, f"{worker.key} got accepted({lease_id}) of {key}"
         row = s.result_of_lease.get(lease_id) or s.votes_ever.get(lease_id)
-        decided = (task_id, chunk) in s.results or any(
-            f.lease_id == lease_id and f.final for f in s.failures)
-        assert row is not None or (decided and s.tasks[task_id].verification != "none"), (
+        assert row is not None, (
             f"{worker.key} got accepted({lease_id}); neither its result nor a vote persisted")
         payout = s.payout_of_lease.get(lease_id)
         if lease_id in s.result_of_lease and s.tasks[task_id].price_per_chunk:
@@ -943,7 +940,6 @@ def run_strict(machine: type[MoneyMachine]) -> None:
         print_blob=False))
 
 
-@pytest.mark.xfail(strict=True, raises=ResendBug, reason=RESEND_BUG)
 def test_resent_results_stay_accepted_across_restarts() -> None:
     """Invariant 1 (a re-sent result is idempotent) across restarts, verification on."""
     run_strict(strict("strict_resend", {"submit", "finish", "resend", "hello", "crash"}))
@@ -976,7 +972,6 @@ def assigned(effects: list[object]) -> list[int]:
     return [e.lease_id for e in effects if isinstance(e, fx.AssignChunk)]
 
 
-@pytest.mark.xfail(strict=True, raises=ResendBug, reason=RESEND_BUG)
 def test_resent_vote_after_restart_is_accepted_again() -> None:
     """A spot-checked chunk's first result is held as a vote and acknowledged; the
     coordinator restarts; the worker reconnects listing the lease and sends the result
