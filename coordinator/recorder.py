@@ -4,13 +4,15 @@ Journal (``<data-dir>/journal/``): segments of length-prefixed MessagePack recor
 opens with a header carrying the core's configuration and a snapshot of its whole state,
 so it replays on its own; then one record per event: the event exactly as the core saw it
 (its id and time included) and a fingerprint of each effect it produced (bytes fields are
-replaced by their SHA-256, so a result's output is stored once, in its event). Segments
+replaced by their length, so a result's output is stored once, in its event; the effects
+that carry bytes also carry the coordinator's digest of them). Segments
 rotate at ``journal_segment_bytes``; the oldest are deleted past ``journal_bytes_max``.
 
 Session logs (``<data-dir>/sessions/``): one JSON Lines file per WebSocket session, named by
 start time, session and worker, with every message in and out; tokens are never written and
-bulk payloads (items, outputs) appear as their size and digest, with their base64 only up to
-``session_log_payload_bytes_max`` (so a worker session can be re-driven: coordinator/redrive.py).
+bulk payloads (items, outputs) appear as their size and base64 up to
+``session_log_payload_bytes_max`` (so a worker session can be re-driven:
+coordinator/redrive.py), as their size and SHA-256 beyond it.
 
 The snapshot is a pickle of the core: replay it only from recordings you trust (your own
 coordinator's), as you would any pickle.
@@ -18,7 +20,7 @@ coordinator's), as you would any pickle.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import os
 import pickle
@@ -33,7 +35,7 @@ from coordinator.core import effects as fx
 from coordinator.core.core import Core
 from coordinator.core.events import AnyEvent, Event
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: bytes fields of effects recorded as their length
 
 
 class Header(msgspec.Struct, frozen=True, tag="header", tag_field="kind"):
@@ -55,11 +57,6 @@ _DEC = msgspec.msgpack.Decoder(Record)
 _JSON = msgspec.json.Encoder()  # session logs; several times faster than json.dumps
 
 
-def _digest(value: bytes | bytearray | memoryview) -> str:
-    return "sha256:" + hashlib.sha256(value).hexdigest()[:32]
-
-
-_FOLDED: dict[type, tuple[str, ...]] = {}  # effect type -> its bytes fields
 _BYTES_INFO = (msgspec.inspect.BytesType, msgspec.inspect.ByteArrayType,
                msgspec.inspect.MemoryViewType)
 
@@ -75,30 +72,57 @@ def _bytes_fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in info.fields if _is_bytes(f.type))
 
 
+def _all_effect_types(base: type[fx.Effect] = fx.Effect) -> Iterator[type[fx.Effect]]:
+    cls: type[fx.Effect]
+    for cls in base.__subclasses__():
+        yield cls
+        yield from _all_effect_types(cls)
+
+
+# effect type -> its bytes fields, for the few types that have any (a result's output: the
+# effect also carries the coordinator's digest of it, so its length is all the journal needs)
+_FOLDED: dict[type, tuple[str, ...]] = {
+    cls: names for cls in _all_effect_types() if (names := _bytes_fields(cls))}
+
+
+def _fold(effect: fx.Effect) -> fx.Effect:
+    return msgspec.structs.replace(effect, **{
+        n: len(v) for n in _FOLDED[type(effect)]
+        if isinstance(v := getattr(effect, n), _BYTES)})
+
+
 def recordable(effect: fx.Effect) -> fx.Effect:
     """The effect as the journal stores it: its bytes fields (a result's output, kept once,
-    in its event) replaced by their digests. On the hot path: one dict lookup for most."""
-    names = _FOLDED.get(type(effect))
-    if names is None:
-        names = _FOLDED[type(effect)] = _bytes_fields(type(effect))
-    if not names:
-        return effect
-    return msgspec.structs.replace(effect, **{
-        n: _digest(v) for n in names if isinstance(v := getattr(effect, n), _BYTES)})
+    in its event) replaced by their length."""
+    return _fold(effect) if type(effect) in _FOLDED else effect
 
 
 def fingerprint(effect: fx.Effect) -> Any:
     """An effect as plain data, exactly as it reads back from the journal (bytes fields as
-    digests, tuples as lists); equal effects, equal prints."""
+    lengths, tuples as lists); equal effects, equal prints."""
     return msgspec.msgpack.decode(_ENC.encode(recordable(effect)))
 
 
 class Journal:
-    def __init__(self, root: Path, segment_bytes: int, bytes_max: int) -> None:
+    """Appends records to the current segment. The core loop calls ``record`` per event (on
+    the hot path: the event and its effects are encoded straight into one buffer, with no
+    copies of the effects but those that carry bytes) and ``maybe_flush`` once per turn,
+    which writes the buffer every ``flush_ms`` (or past ``FLUSH_BYTES``): one write per
+    turn cost more than all the encoding. So a crash loses at most the last ``flush_ms``
+    plus a tick of the journal, never its order; the database, not the journal, is what
+    the coordinator restarts from."""
+
+    FLUSH_BYTES = 1 << 20
+
+    def __init__(self, root: Path, segment_bytes: int, bytes_max: int,
+                 flush_ms: int = 0) -> None:
         self.root = root
         self.segment_bytes = segment_bytes
         self.bytes_max = bytes_max
+        self.flush_ms = flush_ms
         self._file: IO[bytes] | None = None
+        self._buffer = bytearray()  # records not yet written, written by flush()
+        self._flushed_ms = 0
         self._written = 0
         self.path: Path | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -112,33 +136,49 @@ class Journal:
             n += 1
             path = self.root / f"{name}-{n}.tnj"
         self.path = path
-        self._file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 (kept open)
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (kept open; we buffer)
         self._written = 0
-        self._write(Header(JOURNAL_VERSION, core.epoch, now_ms, pickle.dumps(core, protocol=5)))
+        self._append(Header(JOURNAL_VERSION, core.epoch, now_ms,
+                            pickle.dumps(core, protocol=5)))
+        self.flush()
         self._trim()
 
     def record(self, core: Core, event: Event, effects: list[fx.Effect]) -> None:
         if self._file is None:
             return
-        self._write(Entry(event, [recordable(e) for e in effects]))  # type: ignore[arg-type]
+        folded = _FOLDED
+        self._append(Entry(event, [  # type: ignore[arg-type]
+            _fold(e) if type(e) in folded else e for e in effects]))
         if self._written >= self.segment_bytes:
             self.open_segment(core, event.at_ms)
 
+    def maybe_flush(self, now_ms: int) -> None:
+        """Flush if ``flush_ms`` passed since the last flush or the buffer is large."""
+        if now_ms - self._flushed_ms >= self.flush_ms or len(self._buffer) >= self.FLUSH_BYTES:
+            self.flush()
+            self._flushed_ms = now_ms
+
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        if self._file is not None and self._buffer:
+            self._file.write(self._buffer)
+            self._buffer.clear()
 
     def close(self) -> None:
         if self._file is not None:
+            self.flush()
             self._file.close()
             self._file = None
+        self._buffer.clear()
 
-    def _write(self, record: Record) -> None:
-        assert self._file is not None
-        body = _ENC.encode(record)
-        self._file.write(len(body).to_bytes(4, "big"))
-        self._file.write(body)
-        self._written += 4 + len(body)
+    def _append(self, record: Record) -> None:
+        """Encode ``record`` behind its 4-byte length, in place at the buffer's end."""
+        buf = self._buffer
+        start = len(buf)
+        buf += b"\0\0\0\0"
+        _ENC.encode_into(record, buf, start + 4)
+        size = len(buf) - start - 4
+        buf[start:start + 4] = size.to_bytes(4, "big")
+        self._written += 4 + size
 
     def _trim(self) -> None:
         """Delete the oldest segments while the journal is over its size limit."""
@@ -183,21 +223,24 @@ class SessionLog:
         self._t0 = now_ms
 
     def write(self, direction: str, message: msgspec.Struct, now_ms: int) -> None:
-        secret, payloads = _log_fields(type(message))
-        changes: dict[str, Any] = dict.fromkeys(secret, "<redacted>")
-        for key in payloads:
-            value = getattr(message, key)
-            if isinstance(value, msgspec.Raw | bytes | bytearray | memoryview):
-                raw = bytes(value)
-                changes[key] = {
-                    "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()[:32],
-                    "b64": base64.b64encode(raw).decode()
-                    if len(raw) <= self.payload_bytes_max else None,
-                }
-        if changes:  # a copy for the log; replace() does not check types, the encoder agrees
+        """Buffer one message (a few microseconds: it is on every message's path)."""
+        secret, payloads = _LOGGED.get(type(message)) or _log_fields(type(message))
+        if secret or payloads:  # a copy for the log; replace() does not check types
+            changes: dict[str, Any] = dict.fromkeys(secret, "<redacted>")
+            for key in payloads:
+                value = getattr(message, key)
+                if isinstance(value, _PAYLOADS):
+                    # small payloads as base64 (their digest follows from it), large ones
+                    # as their digest only; written as JSON text the encoder copies as is
+                    n = len(value)
+                    changes[key] = msgspec.Raw(
+                        b'{"bytes":%d,"b64":"%b"}' % (n, binascii.b2a_base64(
+                            value, newline=False)) if n <= self.payload_bytes_max else
+                        b'{"bytes":%d,"sha256":"%b","b64":null}' % (
+                            n, hashlib.sha256(value).hexdigest()[:32].encode()))
             message = msgspec.structs.replace(message, **changes)
-        self._buffer += (b'{"t":%d,"dir":%b,"msg":%b}\n' % (
-            now_ms - self._t0, _JSON.encode(direction), _JSON.encode(message)))
+        self._buffer += b'{"t":%d,"dir":%b,"msg":%b}\n' % (
+            now_ms - self._t0, _DIRECTIONS[direction], _JSON.encode(message))
 
     def flush(self) -> None:
         if self._buffer:
@@ -209,6 +252,8 @@ class SessionLog:
         self.flush()
 
 
+_DIRECTIONS = {"in": b'"in"', "out": b'"out"'}
+_PAYLOADS = (msgspec.Raw, bytes, bytearray)
 _SECRET_WORDS = ("token", "password", "secret")
 _LOGGED: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 

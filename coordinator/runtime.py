@@ -175,7 +175,7 @@ class Runtime:
                 effects.extend(out)
             self.events_handled += len(batch)
             if self.journal is not None:
-                self.journal.flush()
+                self.journal.maybe_flush(event.at_ms)
             if self.core.lease_ids_left < EPOCH_REFILL_AT:
                 self.post(EpochStarted(0, 0, await self.store.next_epoch()))
             await self._commit_send.send((effects, waited, self._eid))

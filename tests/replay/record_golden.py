@@ -3,11 +3,12 @@
     .venv/bin/python -m tests.replay.record_golden [--out DIR] [--keep] [SCENARIO ...]
 
 Each scenario starts a real ``tn-coordinator`` (the fixed settings of ``SETTINGS``: fast
-heartbeats, a starting wallet, a 10 % fee) on a temporary data directory with real
-``tn-worker`` processes, runs one small task and copies what the coordinator recorded into
-``DIR/<scenario>/`` (default tests/replay/golden): the journal segments, in the order they
-were written, as ``segN-eEPOCH.tnj``; one worker session log as ``session-WORKER.jsonl``; and
-``scenario.json`` (settings, task, what happened) so a test can run the same task again.
+heartbeats, a starting wallet, a 10 % fee, the journal flushed every turn) on a temporary
+data directory with real ``tn-worker`` processes, runs one small task and copies what the
+coordinator recorded into ``DIR/<scenario>/`` (default tests/replay/golden): the journal
+segments, in the order they were written, as ``segN-eEPOCH.tnj``; one worker session log as
+``session-WORKER.jsonl``; and ``scenario.json`` (settings, task, what happened) so a test can
+run the same task again.
 
 - ``normal``: one worker runs a small priced task to completion;
 - ``worker_killed``: a worker holding two chunks is killed with SIGKILL mid-chunk and the
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.core.events import ProgressIn, SessionHello
 from coordinator.recorder import Header, read_segment
 from coordinator.replay import segments
 from tests.e2e.harness import FAST_ENV, Cluster, Coordinator, Worker
@@ -41,7 +43,10 @@ from tests.e2e.waiting import wait_until
 
 GOLDEN = Path(__file__).parent / "golden"
 SIZE_MAX = 300_000  # bytes per scenario: golden journals stay small
-SETTINGS = {**FAST_ENV, "DEV_INITIAL_WALLET": "100000", "PLATFORM_FEE_PERCENT": "10"}
+# the journal written every turn: the killed worker is seen mid-chunk in it, and the crash
+# scenario keeps every event up to the kill
+SETTINGS = {**FAST_ENV, "DEV_INITIAL_WALLET": "100000", "PLATFORM_FEE_PERCENT": "10",
+            "TN_JOURNAL_FLUSH_MS": "0"}
 
 
 def _code(seconds_per_item: float) -> str:
@@ -105,10 +110,21 @@ def _worker_killed(cluster: Cluster, coord: Coordinator, facts: dict[str, Any]) 
     held = wait_until(leased_to, 20, "3 chunks leased, 2 to one worker",
                       ready=lambda h: sorted(map(len, h.values())) == [1, 2], interval_s=0.02)
     victim = next(wid for wid, chunks in held.items() if len(chunks) == 2)
+    leases = {c["lease_id"] for c in api.chunks(task_id) if c["worker"] == victim}
 
-    def victim_progress() -> int:  # the victim has reported progress on its chunks
-        logs = (coord.data_dir / "sessions").glob(f"*-worker-{victim}.jsonl")
-        return sum(p.read_text().count('"type":"progress"') for p in logs)
+    def victim_progress() -> int:
+        """Progress reports of the victim's chunks seen by the core: from the journal, which
+        is written every turn (session logs are flushed only once a second)."""
+        sessions: set[str] = set()
+        seen = 0
+        for seg in (coord.data_dir / "journal").glob("*.tnj"):
+            for record in read_segment(seg):
+                event = getattr(record, "event", None)
+                if isinstance(event, SessionHello) and event.worker_id == victim:
+                    sessions.add(event.session_id)
+                elif isinstance(event, ProgressIn) and event.session_id in sessions:
+                    seen += event.lease_id in leases
+        return seen
 
     wait_until(victim_progress, 20, f"{victim} to report progress (mid-chunk)",
                interval_s=0.02)
