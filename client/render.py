@@ -6,10 +6,12 @@ except ``StatusLine``, which writes to the stream it is given.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import json
 import shutil
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 
@@ -255,3 +257,20 @@ class StatusLine:
             self.stream.write("\n")
             self.stream.flush()
         self._drawn = False
+
+
+def print_json(doc: Any) -> None:
+    """``--json`` output: the document as the API answered it, indented."""
+    print(json.dumps(doc, indent=2))
+
+
+def arg_type(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse ``type`` from a parser that raises ValueError saying why: argparse then
+    prints that reason with the option's name."""
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert

@@ -416,6 +416,38 @@ class Client:
         verb = "approve" if approve else "reject"
         return self._object("POST", f"/api/admin/withdrawals/{int(withdrawal_id)}/{verb}")
 
+    # -- API tokens and the audit log --
+
+    def create_token(self, label: str, *, expires_in_s: int | None = None,
+                     account: str | None = None) -> dict[str, Any]:
+        """A new token (its ``token`` is in this response only); ``account``: admins."""
+        body: dict[str, Any] = {"label": label}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        if account:
+            body["account"] = account
+        return self._object("POST", "/api/tokens", json_body=body)
+
+    def tokens(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Your tokens (or, for an admin, ``account``'s): ids and labels, never secrets."""
+        query: dict[str, str | int] = {"account": account} if account else {}
+        items = self._object("GET", "/api/tokens", query=query).get("tokens")
+        if not isinstance(items, list):
+            raise ApiError(200, "GET /api/tokens: the response has no token list")
+        return items
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._object("DELETE", f"/api/tokens/{urllib.parse.quote(token_id, safe='')}")
+
+    def audit(self, *, action: str | None = None, actor: str | None = None,
+              since_ms: int | None = None, before_id: int | None = None,
+              limit: int | None = None) -> dict[str, Any]:
+        """A page of the audit log, newest first (admin); ``next_before_id`` pages on."""
+        given = {"action": action, "actor": actor, "since_ms": since_ms,
+                 "before_id": before_id, "limit": limit}
+        query: dict[str, str | int] = {k: v for k, v in given.items() if v is not None}
+        return self._object("GET", "/api/admin/audit", query=query)
+
     def results_to(
         self,
         task_id: str,

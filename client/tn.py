@@ -1,4 +1,5 @@
-"""``tn``: the customer command line, built on ``client.sdk`` (money: ``client.tn_wallet``).
+"""``tn``: the customer command line, built on ``client.sdk`` (money: ``client.tn_wallet``;
+API tokens and the audit log: ``client.tn_tokens``).
 
 Exit codes: 0 success; 1 the coordinator refused (its error is printed), or a watched task
 ended failed/cancelled; 2 usage error; 3 the coordinator could not be reached; 130 interrupted.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import sys
@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect
 
-from client import render, tn_wallet
+from client import render, tn_tokens, tn_wallet
 from client.sdk import (
     TERMINAL_STATES,
     ApiError,
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tn", description="Task Network customer CLI", parents=[common]
     )
-    top = parser.add_subparsers(dest="group", metavar="{task,wallet,admin,health,replay}")
+    top = parser.add_subparsers(dest="group",
+                                metavar="{task,wallet,token,admin,audit,health,replay}")
     health = top.add_parser("health", parents=[common], help="check that the coordinator is up")
     health.set_defaults(func=cmd_health)
     task = top.add_parser("task", parents=[common], help="submit, follow and fetch tasks")
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=non_negative_int, default=0)
     p.add_argument("--limit", type=positive_int, default=100)
     tn_wallet.add_groups(top, common)
+    tn_tokens.add_groups(top, common)
     return parser
 
 
@@ -207,10 +209,6 @@ def check_input_files(code: Path, data: Path) -> None:
 # ---- commands ----------------------------------------------------------------------------
 
 
-def print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2))
-
-
 def cmd_health(client: Client, args: argparse.Namespace) -> int:
     doc = client.health()
     print(f"ok: {doc.get('ok')} · version {doc.get('version', '?')} · {client.url}")
@@ -233,7 +231,7 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
     finally:
         status.finish()
     if args.json:
-        print_json(created)
+        render.print_json(created)
     else:
         print(created["id"])
     return 0
@@ -242,7 +240,7 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     tasks = client.list_tasks()
     if args.json:
-        print_json({"tasks": tasks})
+        render.print_json({"tasks": tasks})
     else:
         print(render.task_table(tasks) if tasks else "no tasks")
     return 0
@@ -251,7 +249,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     task = client.task(args.id)
     if args.json:
-        print_json(task)
+        render.print_json(task)
     else:
         print(render.task_summary(task))
     return 0
@@ -260,7 +258,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     task = client.cancel(args.id)
     if args.json:
-        print_json(task)
+        render.print_json(task)
     else:
         print(f"task {task.get('id', args.id)}: {task.get('state')}")
     return 0
@@ -269,7 +267,7 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
 def cmd_chunks(client: Client, args: argparse.Namespace) -> int:
     page = client.chunks(args.id, args.offset, args.limit)
     if args.json:
-        print_json(page)
+        render.print_json(page)
         return 0
     chunks = page.get("chunks") or []
     print(render.chunk_table(chunks) if chunks else "no chunks in this range")

@@ -10,7 +10,6 @@ are refused with a message saying why.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -50,16 +49,7 @@ def parse_credits(text: str, max_units: int = MONEY_MAX) -> int:
     return units
 
 
-def credits_arg(text: str) -> int:
-    """An argparse ``type``: credits as typed -> integer units."""
-    try:
-        return parse_credits(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2))
+credits_arg = render.arg_type(parse_credits)  # an argparse ``type``: credits -> units
 
 
 # ---- parsers -----------------------------------------------------------------------------
@@ -132,7 +122,7 @@ def add_groups(top: Any, common: argparse.ArgumentParser) -> None:
 def cmd_balance(client: Client, args: argparse.Namespace) -> int:
     w = client.wallet()
     if args.json:
-        _print_json(w)
+        render.print_json(w)
         return 0
     c = format_credits
     modes = [m for m, on in (("sandbox (direct deposits and withdrawals)", w.get("sandbox")),
@@ -153,7 +143,7 @@ def cmd_balance(client: Client, args: argparse.Namespace) -> int:
 def cmd_deposit(client: Client, args: argparse.Namespace) -> int:
     done = client.deposit(args.amount, idempotency_key=args.key, method=args.method)
     if args.json:
-        _print_json(done)
+        render.print_json(done)
     elif done.get("checkout_url"):
         print(f"pay {format_credits(args.amount)} at: {done['checkout_url']}")
         print("the wallet is credited when the payment completes", file=sys.stderr)
@@ -166,7 +156,7 @@ def cmd_deposit(client: Client, args: argparse.Namespace) -> int:
 def cmd_withdraw(client: Client, args: argparse.Namespace) -> int:
     done = client.withdraw(args.amount, idempotency_key=args.key)
     if args.json:
-        _print_json(done)
+        render.print_json(done)
     elif done.get("state") == "pending":
         print(f"withdrawal {done.get('id')} of {format_credits(args.amount)} is pending an "
               f"admin's approval; held {format_credits(int(done.get('pending_withdrawals', 0)))}"
@@ -180,7 +170,7 @@ def cmd_withdraw(client: Client, args: argparse.Namespace) -> int:
 def cmd_transactions(client: Client, args: argparse.Namespace) -> int:
     page = client.transactions(args.offset, args.limit)
     if args.json:
-        _print_json(page)
+        render.print_json(page)
         return 0
     items = page.get("transactions") or []
     if not items:
@@ -199,7 +189,7 @@ def cmd_transactions(client: Client, args: argparse.Namespace) -> int:
 def cmd_earnings(client: Client, args: argparse.Namespace) -> int:
     doc = client.earnings()
     if args.json:
-        _print_json(doc)
+        render.print_json(doc)
         return 0
     tasks = doc.get("tasks") or []
     if tasks:
@@ -214,7 +204,7 @@ def cmd_earnings(client: Client, args: argparse.Namespace) -> int:
 def cmd_task_fund(client: Client, args: argparse.Namespace) -> int:
     task = client.fund_task(args.id, args.amount)
     if args.json:
-        _print_json(task)
+        render.print_json(task)
         return 0
     print(f"task {task.get('id', args.id)}: added {format_credits(args.amount)}; remaining "
           f"{format_credits(int(task.get('remaining', 0)))} · {render.task_state_label(task)}")
@@ -224,7 +214,7 @@ def cmd_task_fund(client: Client, args: argparse.Namespace) -> int:
 def cmd_withdrawals(client: Client, args: argparse.Namespace) -> int:
     items = client.withdrawals()
     if args.json:
-        _print_json({"withdrawals": items})
+        render.print_json({"withdrawals": items})
     elif not items:
         print("no pending withdrawals")
     else:
@@ -237,7 +227,7 @@ def cmd_withdrawals(client: Client, args: argparse.Namespace) -> int:
 def _decide(client: Client, args: argparse.Namespace, approve: bool) -> int:
     w = client.decide_withdrawal(args.id, approve)
     if args.json:
-        _print_json(w)
+        render.print_json(w)
     else:
         print(f"withdrawal {w.get('id')} of {format_credits(int(w.get('amount', 0)))} by "
               f"{w.get('account_id')}: {w.get('state')}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import logging
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import anyio
 import uvicorn
 
-from coordinator.accounts import ROLES, Accounts
+from coordinator.accounts import ROLES, Accounts, hash_token, token_id
 from coordinator.app import create_app
+from coordinator.audit import AuditLog
 from coordinator.config import Config, from_env
 from coordinator.store.sqlite import SqliteStore
 
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 def user_main(argv: list[str]) -> int:
     """``tn-coordinator user add NAME --role R --password-stdin [--token]`` and
     ``tn-coordinator user passwd NAME --password-stdin``. Run them while the coordinator is
-    stopped (they open its SQLite database directly); the password is read from stdin."""
+    stopped (they open its SQLite database directly); the password is read from stdin. Each
+    change is audited with the actor ``console`` (and the operating-system user)."""
     p = argparse.ArgumentParser(prog="tn-coordinator user", description=user_main.__doc__)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="the coordinator's data directory (default ./storage or TN_DATA_DIR)")
@@ -74,22 +77,23 @@ def user_main(argv: list[str]) -> int:
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true", required=True)
     args = p.parse_args(argv)
-    data_dir = args.data_dir or from_env(Config()).data_dir
+    config = from_env(Config())
+    config = dataclasses.replace(config, data_dir=args.data_dir or config.data_dir)
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else ""
     if args.password_stdin and not password:
         print("tn-coordinator user: the password on stdin is empty", file=sys.stderr)
         return 2
     try:
-        return anyio.run(_user, Config(data_dir=data_dir).db_path, args, password)
+        return anyio.run(_user, config, args, password)
     except ValueError as exc:
         print(f"tn-coordinator user: {exc}", file=sys.stderr)
         return 1
 
 
-async def _user(db: Path, args: argparse.Namespace, password: str) -> int:
-    store = await SqliteStore.open(db)
+async def _user(config: Config, args: argparse.Namespace, password: str) -> int:
+    store = await SqliteStore.open(config.db_path)
     try:
-        accounts = Accounts(store)
+        accounts = Accounts(store, AuditLog(store, config))
         await accounts.ensure_auth_tables()
         account = await accounts.by_name(args.name)
         if args.command == "add":
@@ -97,17 +101,37 @@ async def _user(db: Path, args: argparse.Namespace, password: str) -> int:
                 raise ValueError(f"an account named {args.name!r} exists; change its password "
                                  "with `tn-coordinator user passwd`")
             account = await accounts.create(args.name, args.role)
+            await _audit(accounts, "account.create", account.name, {"role": account.role})
             print(f"created {account.role} {account.name} ({account.id})")
             if args.token:
-                print(f"token: {await accounts.issue_token(account, 'user add')}")
+                token = await accounts.issue_token(account, "user add")
+                await accounts.audit.record(
+                    "token.create", None, actor_name="console",
+                    target=token_id(hash_token(token)),
+                    detail={"account": account.name, "label": "user add", **_os_user()})
+                print(f"token: {token}")
         elif account is None:
             raise ValueError(f"no account named {args.name!r}")
         if password:
             await accounts.set_password(account, password)
+            await _audit(accounts, "account.password", account.name, {})
             print(f"password set for {account.name}")
         return 0
     finally:
         await store.close()
+
+
+async def _audit(accounts: Accounts, action: str, name: str, detail: dict[str, str]) -> None:
+    await accounts.audit.record(action, None, actor_name="console", target=f"account:{name}",
+                                detail={**detail, **_os_user()})
+
+
+def _os_user() -> dict[str, str]:
+    """Who ran ``tn-coordinator user`` on this machine, as far as it can tell."""
+    try:
+        return {"os_user": getpass.getuser()}
+    except (OSError, KeyError):
+        return {}
 
 
 if __name__ == "__main__":

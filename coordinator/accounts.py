@@ -1,9 +1,19 @@
 """Accounts and API tokens. Tokens are random, shown once, and stored as SHA-256 hashes
-(a 256-bit random token needs no slow hash); every REST call and worker hello checks one."""
+(a 256-bit random token needs no slow hash); every REST call and worker hello checks one.
+
+A token's public id is ``tk_`` and the first 12 hex digits of its hash (no column of its
+own, so tokens made before ids existed have one too). It names the token in listings and
+revocations and the audit log without revealing anything that would let it be used; a new
+token whose id would clash with an existing one is drawn again, so ids are unique.
+Revoking drops the token from the cache at once, ends the browser sessions signed in with
+it, and calls ``on_revoked`` (the socket layers close what the token opened).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +22,7 @@ from typing import Literal
 
 import anyio
 
+from coordinator.audit import AuditLog
 from coordinator.store.sqlite import SqliteStore
 
 Role = Literal["customer", "worker", "admin"]
@@ -31,6 +42,43 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return "tn_" + secrets.token_urlsafe(32)
+
+
+TOKEN_ID_HEX = 12  # hex digits of the hash in a token's public id
+TOKEN_ID = re.compile(r"tk_[0-9a-f]{12}")
+TOKENS_CACHED_MAX = 10_000  # valid tokens remembered in memory (the rest: one query)
+TOKENS_LISTED_MAX = 500  # a listing shows live tokens first, then the newest others
+
+
+def token_id(digest: str) -> str:
+    """The public id of the token whose hash is ``digest``."""
+    return "tk_" + digest[:TOKEN_ID_HEX]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A token as stored: never the token itself."""
+
+    hash: str
+    account_id: str
+    account_name: str
+    label: str
+    created_ms: int
+    expires_ms: int | None
+    revoked_ms: int | None
+
+    @property
+    def id(self) -> str:
+        return token_id(self.hash)
+
+    def state(self, now_ms: int) -> Literal["active", "expired", "revoked"]:
+        if self.revoked_ms is not None:
+            return "revoked"
+        return "expired" if self.expires_ms is not None and self.expires_ms <= now_ms else "active"
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 # ---- passwords and browser sessions (the dashboard's sign-in) ----------------------------
@@ -53,7 +101,7 @@ AUTH_TABLES = (
     " REFERENCES accounts(id), hash TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS web_sessions (hash TEXT PRIMARY KEY, account_id TEXT NOT NULL"
     " REFERENCES accounts(id), csrf TEXT NOT NULL, created_ms INTEGER NOT NULL,"
-    " expires_ms INTEGER NOT NULL)",
+    " expires_ms INTEGER NOT NULL, token_hash TEXT)",
 )
 
 
@@ -83,14 +131,19 @@ class WebSession:
     account: Account
     csrf: str
     expires_ms: int
+    token_hash: str | None = None  # signed in with this API token: its revocation ends it
 
 
 class AccountsAuth:
     """Mixin of ``Accounts``: passwords and browser sessions (see the notes above)."""
 
     store: SqliteStore
+    audit: AuditLog
     _web: dict[str, WebSession]
     _scrypt: anyio.CapacityLimiter | None = None
+    # bumped by every revocation and sign-out: a lookup that read the database before one
+    # does not cache what it read (it may be what was just revoked)
+    _ended: int = 0
 
     def _scrypt_limiter(self) -> anyio.CapacityLimiter:
         """Made on first use (it needs a running event loop)."""
@@ -99,7 +152,14 @@ class AccountsAuth:
         return self._scrypt
 
     async def ensure_auth_tables(self) -> None:
+        """The sign-in tables (and the audit log's), made or brought up to date."""
         await self.store.transaction([(sql, ()) for sql in AUTH_TABLES])
+        columns = {str(r[1]) for r in await self.store.reader.execute_fetchall(
+            "PRAGMA table_info(web_sessions)")}
+        if "token_hash" not in columns:  # a database made before token revocation
+            await self.store.transaction(
+                [("ALTER TABLE web_sessions ADD COLUMN token_hash TEXT", ())])
+        await self.audit.ensure_tables()
 
     async def set_password(self, account: Account, password: str) -> None:
         if not password or len(password) > PASSWORD_CHARS_MAX:
@@ -131,15 +191,17 @@ class AccountsAuth:
                                             limiter=self._scrypt_limiter())
         return Account(row[0], row[1], row[2]) if ok and row else None
 
-    async def start_web_session(self, account: Account) -> tuple[str, WebSession]:
+    async def start_web_session(self, account: Account, token_hash: str | None = None
+                                ) -> tuple[str, WebSession]:
+        """A new browser session; ``token_hash``: the API token it was signed in with."""
         sid = secrets.token_urlsafe(32)
         now = int(time.time() * 1000)
-        web = WebSession(account, secrets.token_urlsafe(32), now + WEB_SESSION_MS)
+        web = WebSession(account, secrets.token_urlsafe(32), now + WEB_SESSION_MS, token_hash)
         await self.store.transaction([
             ("DELETE FROM web_sessions WHERE expires_ms <= ?", (now,)),
-            ("INSERT INTO web_sessions (hash, account_id, csrf, created_ms, expires_ms)"
-             " VALUES (?,?,?,?,?)", (hash_token(sid), account.id, web.csrf, now,
-                                     web.expires_ms)),
+            ("INSERT INTO web_sessions (hash, account_id, csrf, created_ms, expires_ms,"
+             " token_hash) VALUES (?,?,?,?,?,?)", (hash_token(sid), account.id, web.csrf, now,
+                                                  web.expires_ms, token_hash)),
         ])
         return sid, web
 
@@ -149,30 +211,41 @@ class AccountsAuth:
         digest = hash_token(sid)
         web = self._web.get(digest)
         if web is None:
+            ended = self._ended
             row = await self.store.one(
-                "SELECT a.id, a.name, a.role, s.csrf, s.expires_ms FROM web_sessions s"
-                " JOIN accounts a ON a.id = s.account_id WHERE s.hash = ?", (digest,))
+                "SELECT a.id, a.name, a.role, s.csrf, s.expires_ms, s.token_hash"
+                " FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.hash = ?",
+                (digest,))
             if row is None:
                 return None
-            web = WebSession(Account(row[0], row[1], row[2]), row[3], row[4])
+            web = WebSession(Account(row[0], row[1], row[2]), row[3], row[4], row[5])
             if len(self._web) >= WEB_SESSIONS_CACHED_MAX:
                 self._web.clear()
-            self._web[digest] = web
+            if ended == self._ended:
+                self._web[digest] = web
         return web if web.expires_ms > time.time() * 1000 else None
 
     async def end_web_session(self, sid: str) -> None:
         digest = hash_token(sid)
-        self._web.pop(digest, None)
         await self.store.transaction([("DELETE FROM web_sessions WHERE hash = ?", (digest,))])
+        self._ended += 1
+        self._web.pop(digest, None)
 
 
 class Accounts(AccountsAuth):
-    def __init__(self, store: SqliteStore) -> None:
+    """Accounts, their tokens and sign-ins; ``audit`` is the security log every adapter
+    writes to (it lives here because every adapter already holds the accounts)."""
+
+    def __init__(self, store: SqliteStore, audit: AuditLog | None = None) -> None:
         self.store = store
+        self.audit = AuditLog(store) if audit is None else audit
         self._web = {}  # browser sessions by hash (see AccountsAuth)
         self._by_hash: dict[str, tuple[Account, int | None]] = {}
+        self._issuing = anyio.Lock()  # token creation: the per-account limit holds exactly
         # called after an account is created (the app grants sandbox starting credit)
         self.on_created: Callable[[Account], Awaitable[None]] | None = None
+        # called with a token's hash after it is revoked (the sockets it opened are closed)
+        self.on_revoked: Callable[[str], Awaitable[None]] | None = None
 
     async def create(self, name: str, role: Role) -> Account:
         if role not in ROLES:
@@ -190,13 +263,99 @@ class Accounts(AccountsAuth):
         row = await self.store.one("SELECT id, name, role FROM accounts WHERE name = ?", (name,))
         return Account(row[0], row[1], row[2]) if row else None
 
-    async def issue_token(self, account: Account, label: str = "") -> str:
-        token = new_token()
-        await self.store.transaction([(
-            "INSERT INTO tokens (hash, account_id, label, created_ms) VALUES (?,?,?,?)",
-            (hash_token(token), account.id, label, int(time.time() * 1000)),
-        )])
+    async def by_id(self, account_id: str) -> Account | None:
+        row = await self.store.one("SELECT id, name, role FROM accounts WHERE id = ?",
+                                   (account_id,))
+        return Account(row[0], row[1], row[2]) if row else None
+
+    async def issue_token(self, account: Account, label: str = "",
+                          lifetime_ms: int | None = None, live_max: int | None = None) -> str:
+        """A new token for ``account`` (shown to the caller once, never stored), expiring
+        after ``lifetime_ms`` (None: never). With ``live_max``, refused (``TooManyTokens``)
+        while the account has that many live."""
+        async with self._issuing:
+            now = int(time.time() * 1000)
+            expires_ms = None if lifetime_ms is None else now + lifetime_ms
+            if live_max is not None:
+                row = await self.store.one(
+                    "SELECT COUNT(*) FROM tokens WHERE account_id = ? AND revoked_ms IS NULL"
+                    " AND (expires_ms IS NULL OR expires_ms > ?)", (account.id, now))
+                if int(row[0]) >= live_max:
+                    raise TooManyTokens(int(row[0]))
+            token = new_token()
+            while await self._token_rows("t.hash >= ? AND t.hash < ?",
+                                         _id_range(token_id(hash_token(token))), 1):
+                token = new_token()  # its id would clash with another token's: draw again
+            await self.store.transaction([(
+                "INSERT INTO tokens (hash, account_id, label, created_ms, expires_ms)"
+                " VALUES (?,?,?,?,?)", (hash_token(token), account.id, label, now, expires_ms),
+            )])
         return token
+
+    async def tokens_of(self, account_id: str, now_ms: int) -> list[TokenRow]:
+        """The account's tokens: live ones first, then the newest others (bounded)."""
+        return await self._token_rows(
+            "t.account_id = ? ORDER BY (t.revoked_ms IS NULL AND (t.expires_ms IS NULL OR"
+            " t.expires_ms > ?)) DESC, t.created_ms DESC, t.hash", (account_id, now_ms),
+            TOKENS_LISTED_MAX)
+
+    async def find_token(self, public_id: str, account_id: str | None) -> TokenRow | None:
+        """The token with this public id, if it is ``account_id``'s (None: anyone's)."""
+        if not TOKEN_ID.fullmatch(public_id):
+            return None
+        where = "t.hash >= ? AND t.hash < ?"
+        args: tuple[str, ...] = _id_range(public_id)
+        if account_id is not None:
+            where, args = where + " AND t.account_id = ?", (*args, account_id)
+        rows = await self._token_rows(where, args, 1)
+        return rows[0] if rows else None
+
+    async def revoke_token(self, row: TokenRow) -> TokenRow:
+        """Revoke at once: the database, the cache, the browser sessions signed in with it,
+        then ``on_revoked``. Revoking a revoked token changes nothing."""
+        if row.revoked_ms is not None:
+            return row
+        now = int(time.time() * 1000)
+        await self.store.transaction([
+            ("UPDATE tokens SET revoked_ms = ? WHERE hash = ? AND revoked_ms IS NULL",
+             (now, row.hash)),
+            ("DELETE FROM web_sessions WHERE token_hash = ?", (row.hash,)),
+        ])
+        self._ended += 1
+        self._by_hash.pop(row.hash, None)
+        for sid, web in list(self._web.items()):
+            if web.token_hash == row.hash:
+                del self._web[sid]
+        if self.on_revoked is not None:
+            await self.on_revoked(row.hash)
+        again = await self.find_token(row.id, row.account_id)
+        assert again is not None and again.revoked_ms is not None, "a revoked token is stored"
+        return again
+
+    async def token_refusal(self, token: str, now_ms: int | None = None) -> str:
+        """Why ``token`` does not authenticate, in words that say what to do next."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        row = await self.store.one(
+            "SELECT expires_ms, revoked_ms FROM tokens WHERE hash = ?", (hash_token(token),)
+        ) if token and len(token) <= 512 else None
+        if row is None:
+            return ("unknown token: check --token or TN_TOKEN (the header is 'Authorization: "
+                    "Bearer <token>'), or ask an admin for a token")
+        if row[1] is not None:
+            return (f"this token was revoked at {_utc(row[1])}; use another one, or create one "
+                    "with `tn token create` (or ask an admin)")
+        if row[0] is not None and row[0] <= now_ms:
+            return (f"this token expired at {_utc(row[0])}; create a new one with `tn token "
+                    "create --expires 30d` using a token that still works (or ask an admin)")
+        return "this token cannot be used; ask an admin for a new one"
+
+    async def _token_rows(self, where: str, args: tuple[object, ...], limit: int
+                          ) -> list[TokenRow]:
+        rows = await self.store.reader.execute_fetchall(
+            "SELECT t.hash, t.account_id, a.name, t.label, t.created_ms, t.expires_ms,"
+            f" t.revoked_ms FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE {where}"
+            " LIMIT ?", (*args, limit))
+        return [TokenRow(*r) for r in rows]
 
     async def authenticate(self, token: str, now_ms: int | None = None) -> Account | None:
         """The token's account, or None if it is unknown, revoked or expired."""
@@ -206,6 +365,7 @@ class Accounts(AccountsAuth):
         digest = hash_token(token)
         hit = self._by_hash.get(digest)
         if hit is None:
+            ended = self._ended
             row = await self.store.one(
                 "SELECT a.id, a.name, a.role, t.expires_ms FROM tokens t"
                 " JOIN accounts a ON a.id = t.account_id"
@@ -215,9 +375,26 @@ class Accounts(AccountsAuth):
             if row is None:
                 return None
             hit = (Account(row[0], row[1], row[2]), row[3])
-            self._by_hash[digest] = hit
+            if len(self._by_hash) >= TOKENS_CACHED_MAX:
+                self._by_hash.clear()
+            if ended == self._ended:
+                self._by_hash[digest] = hit
         account, expires = hit
         if expires is not None and expires <= now_ms:
             return None
         return account
 
+
+class TooManyTokens(Exception):
+    """The account already has the most live tokens allowed."""
+
+    def __init__(self, live: int) -> None:
+        super().__init__(f"{live} live tokens")
+        self.live = live
+
+
+def _id_range(public_id: str) -> tuple[str, str]:
+    """Hashes starting with the id's hex digits: ``[prefix, prefix + "g")`` on the primary
+    key's index ("g" sorts after every hex digit)."""
+    prefix = public_id.removeprefix("tk_")
+    return prefix, prefix + "g"

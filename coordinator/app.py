@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from coordinator.accounts import Accounts
 from coordinator.artifacts import TaskArtifacts
+from coordinator.audit import AuditLog
 from coordinator.config import Config
 from coordinator.core import effects as fx
 from coordinator.core.core import Core
@@ -33,11 +34,13 @@ from coordinator.dashboard import (
 from coordinator.demo import ensure_demo
 from coordinator.http_api import ROUTES, TaskApi
 from coordinator.http_auth import ApiError, error_response, json_response
+from coordinator.http_tokens import TOKEN_ROUTES, TokenApi
 from coordinator.http_wallet import WALLET_ROUTES, WalletApi
+from coordinator.limits import RestLimits, RestRateLimit
 from coordinator.live import Hub, LiveEndpoint
 from coordinator.openapi import openapi_document
 from coordinator.recorder import Journal, trim_session_logs
-from coordinator.runtime import Outbox, Runtime
+from coordinator.runtime import Outbox, Runtime, restore_core
 from coordinator.sessions import WorkerSessions
 from coordinator.store.sqlite import SqliteStore
 
@@ -98,19 +101,14 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = await SqliteStore.open(config.db_path)
-        accounts = Accounts(store)
+        accounts = Accounts(store, AuditLog(store, config))
         epoch = await store.next_epoch()
-        core = Core(config.core, epoch)
-        async for task, done, failed, failures in store.load_tasks():
-            core.restore_task(task, done, failed, failures)
-        core.restore_accepted(await store.recent_accepted(config.core.recent_accepted_max))
-        core.restore_money(*await store.load_money())
-        core.restore_spending(await store.recent_payouts(int(time.time() * 1000) - 60_000))
+        core = await restore_core(Core(config.core, epoch), store, int(time.time() * 1000))
         artifacts.sweep(set(core.tasks))
         journal = None
         if config.journal_enabled:
             journal = Journal(config.data_dir / "journal", config.journal_segment_bytes,
-                              config.journal_bytes_max)
+                              config.journal_bytes_max, config.journal_flush_ms)
             journal.open_segment(core, int(time.time() * 1000))
         if config.session_logs_enabled:
             trim_session_logs(config.data_dir / "sessions", config.session_logs_bytes_max)
@@ -121,10 +119,19 @@ def create_app(config: Config) -> Starlette:
         outbox.sessions, outbox.hub = sessions, hub
         api = TaskApi(config, core, runtime, store, accounts, artifacts)
         wallet = WalletApi(config, core, runtime, store, accounts)
-        holder.update(api=api, wallet=wallet, live=LiveEndpoint(hub, accounts, config),
-                      sessions=sessions)
+        live = LiveEndpoint(hub, accounts, config)
+        holder.update(api=api, wallet=wallet, live=live, sessions=sessions)
+        rest_limits.accounts = accounts
+
+        async def close_revoked(token_hash: str) -> None:
+            closed = sessions.close_token(token_hash) + live.close_token(token_hash)
+            if closed:
+                log.info("token revoked: closing %d session(s) it opened", closed)
+
+        accounts.on_revoked = close_revoked
         await accounts.ensure_auth_tables()
         holder["dashboard"] = Dashboard(config, core, accounts, hub)  # the browser's routes
+        holder["tokens"] = TokenApi(config, accounts)  # API tokens and the audit log
         if config.demo:
             await ensure_demo(accounts, config.data_dir / "demo.json")
             await demo_passwords(accounts)
@@ -160,7 +167,7 @@ def create_app(config: Config) -> Starlette:
     def api_route(name: str, owner: str = "api") -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             api = holder[owner]
-            assert isinstance(api, TaskApi | WalletApi | Dashboard)
+            assert isinstance(api, TaskApi | WalletApi | Dashboard | TokenApi)
             method: Callable[[Request], Awaitable[Response]] = getattr(api, name)
             return await method(request)
         return handler
@@ -175,8 +182,13 @@ def create_app(config: Config) -> Starlette:
         Route(path, api_route(name, "wallet"), methods=[method])
         for path, method, name in WALLET_ROUTES
     ]
+    routes += [
+        Route(path, api_route(name, "tokens"), methods=[method])
+        for path, method, name in TOKEN_ROUTES
+    ]
     # the dashboard: its files and its sign-in routes (coordinator/dashboard.py)
     static = Static()
+    rest_limits = RestLimits(config, exempt=static.paths())  # the dashboard's files: free
     routes += [Route(path, static.serve, methods=["GET"]) for path in static.paths()]
     routes += [
         Route(path, api_route(name, "dashboard"), methods=[method])
@@ -190,6 +202,11 @@ def create_app(config: Config) -> Starlette:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        tokens = holder.get("tokens")
+        if exc.status == 403 and isinstance(tokens, TokenApi):  # refused: audited
+            await tokens.accounts.audit.record(
+                "access.forbidden", exc.actor, request, ok=False,
+                target=f"{request.method} {request.url.path}", detail={"error": exc.error})
         return error_response(exc.status, exc.error, exc.field)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -202,6 +219,6 @@ def create_app(config: Config) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders), Middleware(RestRateLimit, limits=rest_limits)],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
     )

@@ -33,6 +33,16 @@ class Config:
     session_queue_max: int = 4096  # outbound messages buffered per worker session
     live_queue_max: int = 256  # outbound frames buffered per live subscriber; then dropped
     live_flush_ms: int = 100  # live updates are coalesced to at most one per this period
+    # rate limits and session caps (coordinator/limits.py); a rate of 0 turns it off
+    rest_requests_per_s: int = 100  # per token; per account for a browser; per address if none
+    rest_requests_burst: int = 400  # requests at once above the rate; past it 429 + Retry-After
+    rest_keys_max: int = 100_000  # callers tracked; the least recently seen is forgotten
+    worker_messages_per_s: int = 10_000  # per worker session; past it its socket is read slower
+    worker_messages_burst: int = 20_000
+    live_messages_per_s: int = 10  # per live session (subscribe/unsubscribe); past it 1008
+    live_messages_burst: int = 50
+    worker_sessions_per_account_max: int = 256  # one token may run a swarm; past it 1008
+    live_sessions_per_account_max: int = 32  # dashboards open at once per account; past it 1008
     # money
     platform_fee_bps: int = 1000  # fee per accepted chunk, basis points (PLATFORM_FEE_PERCENT)
     wallet_sandbox_enabled: bool = True  # direct deposits/withdrawals (env WALLET_SANDBOX_ENABLED)
@@ -42,10 +52,17 @@ class Config:
     stripe_webhook_secret: str = ""  # env STRIPE_WEBHOOK_SECRET
     stripe_api_base: str = ""  # env STRIPE_API_BASE: a stand-in server for tests
     public_url: str = ""  # where Stripe Checkout sends the browser back (env TN_PUBLIC_URL)
+    # API tokens and the audit log (coordinator/http_tokens.py, coordinator/audit.py)
+    token_lifetime_max_s: int = 365 * 86_400  # longest lifetime a new token gets; 0: no limit
+    tokens_per_account_max: int = 100  # live (unrevoked, unexpired) tokens per account
+    audit_rows_max: int = 1_000_000  # the oldest audit rows are deleted past this count
+    audit_age_days_max: int = 400  # and past this age; 0: only the count limits them
+    audit_refusals_per_minute_max: int = 20  # refused rows per action and source; 0: all
     # recording (see coordinator/recorder.py)
     journal_enabled: bool = True
     journal_segment_bytes: int = 64 << 20  # a new segment (with a snapshot) past this size
     journal_bytes_max: int = 1 << 30  # oldest segments are deleted past this total
+    journal_flush_ms: int = 200  # the journal is written at least this often (0: every turn)
     session_logs_enabled: bool = True
     session_logs_bytes_max: int = 256 << 20
     session_log_payload_bytes_max: int = 4096  # larger items/outputs are logged as digests

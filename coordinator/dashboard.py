@@ -8,7 +8,8 @@ HTTP response of the coordinator.
 Sign-in takes a username and password or an API token and starts a browser session: an
 HttpOnly, SameSite=Strict cookie (Secure over TLS), checked by ``http_auth`` on REST and on
 ``/ws/live``. ``GET /auth/session`` gives the page its CSRF token, which state-changing
-requests send back in ``X-CSRF-Token``.
+requests send back in ``X-CSRF-Token``. A session signed in with a token ends when that token
+is revoked. Sign-ins (made or refused) and sign-outs are audited (coordinator/audit.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator.accounts import WEB_SESSION_MS, Account, Accounts, WebSession
+from coordinator.accounts import WEB_SESSION_MS, Account, Accounts, WebSession, hash_token
 from coordinator.config import Config
 from coordinator.core.core import Core
 from coordinator.demo import DEMO
@@ -38,6 +39,7 @@ from coordinator.http_auth import (
 )
 from coordinator.http_wallet import read_body
 from coordinator.live import Hub
+from coordinator.parsing import DECODE_ERRORS
 
 ROOT = Path(__file__).resolve().parent.parent / "dashboard"
 DEMO_PASSWORD = "demo"  # with --demo only: the demo accounts' password
@@ -171,10 +173,21 @@ class Dashboard:
         try:
             body = msgspec.json.decode(await read_body(request, SIGNIN_BODY_BYTES_MAX),
                                        type=SignIn)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             raise ApiError(400, f"bad sign-in: {exc}") from None
-        account = await self._check(body)
-        sid, web = await self.accounts.start_web_session(account)
+        method = "token" if body.token else "password"
+        try:
+            account = await self._check(body)
+        except ApiError as exc:
+            if exc.status in (401, 429):  # a wrong password or token, or locked out: audited
+                claimed = None if body.token else await self.accounts.by_name(body.name)
+                await self.accounts.audit.record(
+                    "signin", claimed, request, ok=False,
+                    detail={"method": method, "error": exc.error})
+            raise
+        token_hash = hash_token(body.token.strip()) if body.token else None
+        sid, web = await self.accounts.start_web_session(account, token_hash)
+        await self.accounts.audit.record("signin", account, request, detail={"method": method})
         response = json_response(_info(web))
         response.set_cookie(SESSION_COOKIE, sid, max_age=WEB_SESSION_MS // 1000, path="/",
                             httponly=True, samesite="strict",
@@ -206,10 +219,12 @@ class Dashboard:
         return account
 
     async def signout(self, request: Request) -> Response:
-        await cookie_account(request, self.accounts)  # checks the CSRF token
+        account = await cookie_account(request, self.accounts)  # checks the CSRF token
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             await self.accounts.end_web_session(sid)
+        if account is not None:
+            await self.accounts.audit.record("signout", account, request)
         response = json_response(SessionInfo())
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
                                secure=request.url.scheme == "https")

@@ -27,8 +27,9 @@ from coordinator.core.events import (
 )
 from coordinator.core.lifecycle import TaskState
 from coordinator.core.state import Task
-from coordinator.http_auth import ApiError, authenticate, json_response
-from coordinator.http_wallet import check_amount, decode_body
+from coordinator.http_auth import ApiError, authenticate, json_response, query_int
+from coordinator.http_wallet import BODY_BYTES_MAX, check_amount, decode_body, read_body
+from coordinator.parsing import DECODE_ERRORS, whole_number
 from coordinator.runtime import Runtime
 from coordinator.store.sqlite import SqliteStore
 from coordinator.uploads import UploadError, parse_code, parse_dataset
@@ -57,7 +58,7 @@ ROUTES = [
     ("/api/tasks", "GET", "list"),
     ("/api/tasks/{task_id}", "GET", "get"),
     ("/api/tasks/{task_id}/chunks", "GET", "chunks"),
-    ("/api/tasks/{task_id}/chunks/{index:int}", "GET", "chunk"),
+    ("/api/tasks/{task_id}/chunks/{index}", "GET", "chunk"),  # (checked here: see chunk)
     ("/api/tasks/{task_id}/results", "GET", "results"),
     ("/api/tasks/{task_id}/cancel", "POST", "cancel"),
     ("/api/tasks/{task_id}/fund", "POST", "fund"),
@@ -95,11 +96,11 @@ class TaskApi:
 
     async def create(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit():
+        length = whole_number(request.headers.get("content-length"))
+        if length is None:
             raise ApiError(411, "send the upload with a Content-Length header")
-        if int(length) > self.config.request_bytes_max:
-            raise ApiError(413, f"the upload is {int(length)} bytes; the limit is "
+        if length > self.config.request_bytes_max:
+            raise ApiError(413, f"the upload is {length} bytes; the limit is "
                                 f"{self.config.request_bytes_max} (TN_REQUEST_BYTES_MAX)")
         limits = self.config.uploads
         async with request.form(max_files=3, max_fields=4, max_part_size=1 << 20) as form:
@@ -140,6 +141,9 @@ class TaskApi:
         if not reply.ok:
             arts.remove()
             raise ApiError(reply.status, reply.error)
+        await self.accounts.audit.record(  # the budget went into escrow
+            "task.create", account, request, target=task_id,
+            detail={"budget": spec.budget, "price_per_chunk": spec.price_per_chunk})
         return json_response(TaskCreated(task_id, chunks, items_total), 201)
 
     async def list(self, request: Request) -> Response:
@@ -160,8 +164,8 @@ class TaskApi:
     async def chunks(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
         task = self._own_task(account, request.path_params["task_id"])
-        offset = _int_param(request, "offset", 0, 0, task.chunks_total)
-        limit = _int_param(request, "limit", 100, 1, 1000)
+        offset = query_int(request, "offset", 0, 0, task.chunks_total)
+        limit = query_int(request, "limit", 100, 1, 1000)
         page = chunk_infos(self.core, task, offset, limit)
         await self.runtime.flushed()  # answer once what it shows is durable
         workers = await self.store.chunk_workers(task.id, offset, offset + limit)
@@ -175,7 +179,10 @@ class TaskApi:
     async def chunk(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
         task = self._own_task(account, request.path_params["task_id"])
-        index = int(request.path_params["index"])
+        # not Starlette's {index:int}: its int() of a 5000-digit index raised (a 500)
+        raw = request.path_params["index"]
+        index = whole_number(raw)
+        index = -1 if index is None else index
         if not 0 <= index < task.chunks_total:
             raise ApiError(404, f"the task has chunks 0 to {task.chunks_total - 1}")
         [info] = chunk_infos(self.core, task, index, 1)
@@ -186,7 +193,9 @@ class TaskApi:
             info = msgspec.structs.replace(info, worker=workers.get(index))
         preview = None
         if output is not None:
-            text = msgspec.json.encode(msgspec.msgpack.decode(output)[:PREVIEW_ITEMS]).decode()
+            shown = _outputs(output, task.items_in(index), msgspec.msgpack.Decoder(),
+                             msgspec.json.Encoder())[:PREVIEW_ITEMS]
+            text = (b"[" + b",".join(shown) + b"]").decode()
             preview = text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
         return json_response(ChunkDetail(
             info, [ChunkAttempt(at, w, err, final) for at, w, err, final in history], preview))
@@ -197,6 +206,7 @@ class TaskApi:
         reply = await self.runtime.call(TaskCancel(0, 0, task.id))
         if not reply.ok:
             raise ApiError(reply.status, reply.error)
+        await self.accounts.audit.record("task.cancel", account, request, target=task.id)
         return json_response(task_info(self.core, task))
 
     async def fund(self, request: Request) -> Response:
@@ -210,6 +220,8 @@ class TaskApi:
             TaskFund(0, 0, task.id, check_amount(body.amount, self.config)))
         if not reply.ok:
             raise ApiError(reply.status, reply.error)
+        await self.accounts.audit.record("task.fund", account, request, target=task.id,
+                                         detail={"amount": body.amount})
         return json_response(task_info(self.core, task))
 
     async def pause(self, request: Request) -> Response:
@@ -229,9 +241,10 @@ class TaskApi:
     async def patch(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
         task = self._own_task(account, request.path_params["task_id"])
+        raw = await read_body(request, BODY_BYTES_MAX)
         try:
-            body = msgspec.json.decode(await request.body(), type=TaskPatch)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            body = msgspec.json.decode(raw, type=TaskPatch)
+        except DECODE_ERRORS as exc:
             raise ApiError(400, f"bad body: {exc}; send JSON like "
                                 '{"max_concurrency": 8, "priority": 7}') from None
         if body.max_concurrency is None and body.priority is None:
@@ -271,7 +284,8 @@ class TaskApi:
         return StreamingResponse(self._stream(task, fmt == "jsonl"), media_type=media)
 
     async def _stream(self, task: Task, lines: bool) -> AsyncIterator[bytes]:
-        """Outputs in item order; items of chunks without a result are null."""
+        """Outputs in item order; items of chunks without a result are null (and so are
+        outputs JSON cannot carry: see ``_outputs``)."""
         dec = msgspec.msgpack.Decoder()
         enc = msgspec.json.Encoder()
         sep = b"\n" if lines else b","
@@ -285,7 +299,7 @@ class TaskApi:
                 for missing in range(expected, chunk):
                     parts.extend([b"null"] * task.items_in(missing))
                 if output:
-                    parts.extend(enc.encode(v) for v in dec.decode(output))
+                    parts.extend(_outputs(output, task.items_in(chunk), dec, enc))
                 expected, after = chunk + 1, chunk
                 if parts:
                     body = sep.join(parts)
@@ -314,10 +328,23 @@ def _parse_spec(raw: Any) -> TaskSpec:
     return spec
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= max(lo, hi):
-        raise ApiError(400, f"{name} must be a whole number from {lo} to {max(lo, hi)}", name)
-    return int(raw)
+def _outputs(output: bytes, items: int, dec: msgspec.msgpack.Decoder[Any],
+             enc: msgspec.json.Encoder) -> list[bytes]:
+    """The JSON of each of a stored result's ``items`` outputs. The core checks only that a
+    worker's result is an array of the right length, so an output JSON cannot carry (a
+    MessagePack extension, a map keyed by null, bool or array, invalid UTF-8, nesting past
+    the decoder's depth) reads as null rather than breaking the download midway."""
+    try:
+        values = dec.decode(output)
+    except DECODE_ERRORS:
+        return [b"null"] * items
+    if not isinstance(values, list) or len(values) != items:
+        return [b"null"] * items
+    out = []
+    for value in values:
+        try:
+            out.append(enc.encode(value))
+        except (TypeError, ValueError, RecursionError):
+            out.append(b"null")
+    return out
+

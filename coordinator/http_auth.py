@@ -10,19 +10,23 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from coordinator.accounts import Account, Accounts, Role
+from coordinator.parsing import whole_number
 from schema.rest import ErrorBody
 
 JSON = "application/json"
 
 
 class ApiError(Exception):
-    """A refusal with a status and a message that says what to do next."""
+    """A refusal with a status and a message that says what to do next; ``actor``: the
+    account refused, when known (a 403 is audited with it)."""
 
-    def __init__(self, status: int, error: str, field: str | None = None) -> None:
+    def __init__(self, status: int, error: str, field: str | None = None, *,
+                 actor: Account | None = None) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
         self.field = field
+        self.actor = actor
 
 
 def error_response(status: int, error: str, field: str | None = None) -> Response:
@@ -39,6 +43,19 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """The whole-number query parameter ``name`` within [lo, hi] (``default`` when absent);
+    anything else is a 400 that says what to send."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = whole_number(raw)
+    hi = max(lo, hi)
+    if value is None or not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be a whole number from {lo} to {hi}", name)
+    return value
+
+
 async def authenticate(request: Request, accounts: Accounts, *roles: Role) -> Account:
     token = bearer_token(request.headers)
     if token is None:
@@ -47,11 +64,11 @@ async def authenticate(request: Request, accounts: Accounts, *roles: Role) -> Ac
             raise ApiError(401, "sign in: send the header 'Authorization: Bearer <token>'")
     else:
         account = await accounts.authenticate(token)
-    if account is None:
-        raise ApiError(401, "unknown, revoked or expired token; ask an admin for a new one")
+        if account is None:  # unknown, revoked or expired: say which
+            raise ApiError(401, await accounts.token_refusal(token))
     if roles and account.role not in roles and account.role != "admin":
         raise ApiError(403, f"a {account.role} token cannot do this; it needs a "
-                            f"{' or '.join(roles)} account's token")
+                            f"{' or '.join(roles)} account's token", actor=account)
     return account
 
 

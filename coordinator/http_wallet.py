@@ -5,6 +5,8 @@ body's Struct); every money request is an event for the core, which decides and 
 after the commit. Balances are read from the core's in-memory ledger, like the task views.
 Starting credit: in sandbox mode every account gets ``DEV_INITIAL_WALLET`` credits once
 (key ``initial:<account>``), at startup for accounts that exist and when one is created.
+Deposits, Checkout sessions, credited webhooks, withdrawal requests and admin decisions are
+audited once committed (coordinator/audit.py); a repeated request that moved nothing is not.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from coordinator.core.core import Core
 from coordinator.core.events import Deposit, Withdraw, WithdrawalDecision
 from coordinator.core.ledger import PLATFORM, escrow, pending, wallet
 from coordinator.core.treasury import Withdrawal
-from coordinator.http_auth import ApiError, authenticate, json_response
+from coordinator.http_auth import ApiError, authenticate, json_response, query_int
+from coordinator.parsing import DECODE_ERRORS, whole_number
 from coordinator.runtime import Runtime
 from coordinator.store.sqlite import SqliteStore
 from coordinator.stripe_pay import StripePay, WebhookError, credit_of
@@ -91,8 +94,8 @@ def check_amount(amount: int, config: Config, name: str = "amount") -> int:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    length = whole_number(request.headers.get("content-length"))
+    if length is not None and length > limit:
         raise ApiError(413, f"the body is {length} bytes; the limit here is {limit}")
     body = bytearray()
     async for block in request.stream():
@@ -115,7 +118,7 @@ async def decode_body(request: Request, kind: type[T]) -> T:
             text = ("amount must be a whole number of credits in the smallest unit "
                     f"(1234 is 12.34): {text}")
         raise ApiError(400, f"bad body: {text}", field) from None
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise ApiError(400, f"send a JSON body such as {{\"amount\": 1000}}: {exc}") from None
 
 
@@ -192,6 +195,9 @@ class WalletApi:
             if not reply.ok:
                 raise ApiError(reply.status, reply.error)
             balance = self._balances(account.id)[0]
+            if reply.status == 201:  # 200: this key's deposit was made before
+                await self.accounts.audit.record("wallet.deposit", account, request,
+                                                 detail={"amount": amount, "method": "direct"})
             return json_response(DepositResult(amount, balance=balance), reply.status)
         if self.stripe is None and not sandbox:
             raise ApiError(400, HOW_TO_DEPOSIT)
@@ -206,6 +212,9 @@ class WalletApi:
             log.warning("Stripe Checkout for %s failed: %s", account.id, exc)
             raise ApiError(502, f"Stripe did not create a Checkout Session: "
                                 f"{exc.user_message or exc}; try again later") from None
+        await self.accounts.audit.record("wallet.checkout", account, request,
+                                         target=f"checkout:{session.id}",
+                                         detail={"amount": amount})
         return json_response(DepositResult(amount, checkout_url=session.url,
                                            session_id=session.id), 201)
 
@@ -222,6 +231,9 @@ class WalletApi:
         wid = await self.store.transfer_id(key)
         assert wid is not None, "a committed withdrawal has its transfer"
         balance, held = self._balances(account.id)
+        await self.accounts.audit.record(
+            "wallet.withdraw", account, request, target=f"withdrawal:{wid}",
+            detail={"amount": amount, "state": "done" if direct else "pending"})
         return json_response(
             WithdrawResult(wid, amount, "done" if direct else "pending", balance, held),
             201 if direct else 202,
@@ -229,8 +241,8 @@ class WalletApi:
 
     async def transactions(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts)
-        offset = _int_param(request, "offset", 0, 0, 10**9)
-        limit = _int_param(request, "limit", 50, 1, PAGE_ROWS_MAX)
+        offset = query_int(request, "offset", 0, 0, 10**9)
+        limit = query_int(request, "limit", 50, 1, PAGE_ROWS_MAX)
         await self.runtime.flushed()
         mine = {wallet(account.id): "wallet", pending(account.id): "pending"}
         rows = await self.store.entries_page(list(mine), offset, limit + 1)
@@ -266,16 +278,22 @@ class WalletApi:
         return await self._decide(request, approve=False)
 
     async def _decide(self, request: Request, approve: bool) -> Response:
-        await authenticate(request, self.accounts, "admin")
+        admin = await authenticate(request, self.accounts, "admin")
         raw = request.path_params["withdrawal_id"]
-        if not raw.isdigit() or len(raw) > 19:
+        wid = whole_number(raw)
+        if wid is None:
             raise ApiError(404, f"no pending withdrawal {raw!r}; list them with "
                                 "`tn admin withdrawals list`")
-        w = self.core.treasury.withdrawals.get(int(raw))
-        reply = await self.runtime.call(WithdrawalDecision(0, 0, int(raw), approve))
+        w = self.core.treasury.withdrawals.get(wid)
+        reply = await self.runtime.call(WithdrawalDecision(0, 0, wid, approve))
         if not reply.ok:
             raise ApiError(reply.status, reply.error)
         assert w is not None, "the core decided a withdrawal it did not hold"
+        owner = await self.accounts.by_id(w.account_id)
+        await self.accounts.audit.record(
+            "withdrawal.approve" if approve else "withdrawal.reject", admin, request,
+            target=f"withdrawal:{w.id}",
+            detail={"amount": w.amount, "account": owner.name if owner else w.account_id})
         return json_response(_withdrawal_info(w))
 
     async def ledger(self, request: Request) -> Response:
@@ -305,6 +323,8 @@ class WalletApi:
                 raise WebhookError(f"unknown account {credit.account_id!r} in the metadata")
         except WebhookError as exc:
             log.warning("Stripe webhook refused: %s", exc.message)
+            await self.accounts.audit.record("wallet.credit", None, request, ok=False,
+                                             detail={"error": exc.message})  # not Stripe's
             raise ApiError(400, exc.message) from None
         if credit is None:
             return json_response(WebhookAck(received=True))
@@ -313,6 +333,12 @@ class WalletApi:
         if not reply.ok:
             log.error("Stripe deposit %s refused by the core: %s", credit.key, reply.error)
             raise ApiError(reply.status, reply.error)
+        if reply.status == 201:  # 200: a re-delivery, credited before
+            owner = await self.accounts.by_id(credit.account_id)
+            await self.accounts.audit.record(
+                "wallet.credit", None, request, actor_name="stripe",
+                target=f"account:{owner.name if owner else credit.account_id}",
+                detail={"amount": credit.amount, "event": credit.event_id})
         return json_response(WebhookAck(received=True, credited=reply.status == 201))
 
 
@@ -320,14 +346,6 @@ def _withdrawal_info(w: Withdrawal) -> WithdrawalInfo:
     return WithdrawalInfo(w.id, w.account_id, w.amount, w.state,  # type: ignore[arg-type]
                           w.created_ms)
 
-
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 12 or not lo <= int(raw) <= hi:
-        raise ApiError(400, f"{name} must be a whole number from {lo} to {hi}", name)
-    return int(raw)
 
 
 __all__ = ["WALLET_ROUTES", "WalletApi", "check_amount", "decode_body"]

@@ -11,6 +11,12 @@ caller's own sessions), ``wallet`` (the caller's balances) and ``platform`` (adm
 built once per flush however many watch it, and sent only when it changed. All subscribers
 together get at most ``LIVE_FRAMES_PER_S_MAX`` task updates a second (see ``Hub._due``), so
 the cost of open dashboards to the coordinator is bounded, not proportional to their number.
+
+Limits (coordinator/limits.py): an account may hold ``live_sessions_per_account_max`` live
+sessions at once, and each may send ``live_messages_per_s`` messages (a dashboard sends one
+per change of view); past either, an error frame says which limit, then a 1008 close. A
+session opened with a bearer token is closed the same way when that token is revoked
+(``LiveEndpoint.close_token``), and so is one a browser opened after signing in with it.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coordinator import live_views as views
-from coordinator.accounts import Account, Accounts
+from coordinator.accounts import Account, Accounts, hash_token
 from coordinator.config import Config
 from coordinator.core.core import Core
 from coordinator.core.lifecycle import TERMINAL_TASK_STATES
 from coordinator.core.state import Session, Task
-from coordinator.http_auth import socket_account
+from coordinator.http_auth import SESSION_COOKIE, bearer_token, socket_account
+from coordinator.limits import TokenBucket
+from coordinator.parsing import DECODE_ERRORS
 from coordinator.views import task_info
 from schema import live as lv
 
@@ -39,29 +47,44 @@ LIVE_FRAMES_PER_S_MAX = 400  # task updates to all subscribers together, per sec
 LIVE_COALESCE_MS_MAX = 3000  # ... but every view is updated at least this often
 TASKS_SNAPSHOT_MAX = 200  # tasks in a "tasks" snapshot: running ones, then the latest
 DECODER = msgspec.json.Decoder(lv.LiveClientMessage)
+CLOSE_POLICY = 1008
+CLOSE_WAIT_S = 5.0  # a closing session's writer gets this long to send its last frames
+TOKEN_REVOKED = "token revoked; get a new token (tn token create)"
 
 
 class _Sub:
     """One subscriber: its account, its topics and a bounded queue of frames for its writer.
-    A full queue marks it too slow: its writer then ends the socket (close 1013)."""
+    A full queue marks it too slow: its writer then ends the socket (close 1013). ``end``
+    queues a last error frame and has the writer close after it."""
 
-    def __init__(self, account: Account, queue_max: int) -> None:
+    def __init__(self, account: Account, queue_max: int, token_hash: str | None = None) -> None:
         self.account = account
+        self.token_hash = token_hash  # None: a browser's sign-in cookie
         self.queue: deque[bytes] = deque()
         self.queue_max = queue_max
         self.wake = anyio.Event()
         self.dropped = False
+        self.ending: tuple[int, str] | None = None  # close code and reason, after the queue
         self.topics: set[str] = set()
 
     def push(self, frame: bytes, snapshot: bool = False) -> None:
         """Queue a frame; a snapshot's frames (bounded by their builders) always fit."""
-        if self.dropped:
+        if self.dropped or self.ending is not None:
             return
         if len(self.queue) >= self.queue_max and not snapshot:
             self.dropped = True
             self.queue.clear()
         else:
             self.queue.append(frame)
+        self.wake.set()
+
+    def end(self, reason: str, code: int = CLOSE_POLICY) -> None:
+        """Send an error frame with ``reason``, then close with ``code`` (the close reason
+        is cut to fit a close frame; the error frame has all of it)."""
+        if self.dropped or self.ending is not None:
+            return
+        self.push(ENCODER.encode(lv.LiveError(reason)), snapshot=True)
+        self.ending = (code, reason[:120])
         self.wake.set()
 
 
@@ -280,11 +303,30 @@ def _push_all(subs: set[_Sub], frame: bytes) -> None:
         sub.push(frame)
 
 
+async def _turn_away(ws: WebSocket, reason: str) -> None:
+    """An accepted socket refused at once: the error frame, then a 1008 close."""
+    try:
+        await ws.send_text(ENCODER.encode(lv.LiveError(reason)).decode())
+        await ws.close(CLOSE_POLICY, reason[:120])
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
+
+
 class LiveEndpoint:
     def __init__(self, hub: Hub, accounts: Accounts, config: Config) -> None:
         self.hub = hub
         self.accounts = accounts
         self.config = config
+        self.subs: set[_Sub] = set()
+        self._per_account: dict[str, int] = {}  # open live sessions by account
+
+    def close_token(self, token_hash: str) -> int:
+        """End (1008) every live session opened with this bearer token: it was revoked.
+        Returns how many there were."""
+        doomed = [sub for sub in self.subs if sub.token_hash == token_hash]
+        for sub in doomed:
+            sub.end(TOKEN_REVOKED)
+        return len(doomed)
 
     async def __call__(self, ws: WebSocket) -> None:
         account = await socket_account(ws, self.accounts)
@@ -292,27 +334,63 @@ class LiveEndpoint:
             await ws.close(1008, "sign in: send Authorization: Bearer <token> (or sign in "
                                  "on the dashboard)")
             return
+        token_hash = await self._token_hash(ws)
         await ws.accept()
-        sub = _Sub(account, self.config.live_queue_max)
+        # no await from the count to the insert below: concurrent sockets cannot both fit
+        cap = self.config.live_sessions_per_account_max
+        if self._per_account.get(account.id, 0) >= cap:
+            await _turn_away(ws, f"too many live sessions for this account "
+                                 f"(TN_LIVE_SESSIONS_PER_ACCOUNT_MAX={cap}); close a dashboard "
+                                 "or raise the limit")
+            return
+        sub = _Sub(account, self.config.live_queue_max, token_hash)
+        self.subs.add(sub)
+        self._per_account[account.id] = self._per_account.get(account.id, 0) + 1
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, ws, sub, tg.cancel_scope)
                 await self._reader(ws, sub)
-                tg.cancel_scope.cancel()
+                if sub.ending is None:
+                    tg.cancel_scope.cancel()
+                else:  # the writer sends the error frame, closes and ends the group
+                    tg.cancel_scope.deadline = anyio.current_time() + CLOSE_WAIT_S
         finally:
+            self.subs.discard(sub)
+            left = self._per_account.pop(account.id) - 1
+            if left:
+                self._per_account[account.id] = left
             self.hub.unsubscribe(sub)
 
+    async def _token_hash(self, ws: WebSocket) -> str | None:
+        """The hash of the API token behind this socket: its bearer token, or the token its
+        browser signed in with (None for a password sign-in)."""
+        token = bearer_token(ws.headers)
+        if token is not None:
+            return hash_token(token)
+        sid = ws.cookies.get(SESSION_COOKIE)
+        web = await self.accounts.web_session(sid) if sid else None
+        return None if web is None else web.token_hash
+
     async def _reader(self, ws: WebSocket, sub: _Sub) -> None:
-        while True:
+        """Handle the client's messages until it leaves, or until it must be closed: too
+        many messages, or ``end`` called from elsewhere (the writer then closes)."""
+        rate, burst = self.config.live_messages_per_s, self.config.live_messages_burst
+        bucket = TokenBucket(rate, burst)
+        while sub.ending is None:
             raw = await ws.receive()
             if raw["type"] == "websocket.disconnect":
+                return
+            if bucket.take() > 0:
+                sub.end(f"slow down: more than TN_LIVE_MESSAGES_PER_S={rate} messages a "
+                        f"second (bursts of TN_LIVE_MESSAGES_BURST={burst}); subscribe to "
+                        "several topics in one message, then reconnect")
                 return
             text = raw.get("text")
             try:
                 if text is None or len(text) > 65536:
                     raise msgspec.ValidationError("send JSON text frames of at most 64 KiB")
                 msg = DECODER.decode(text)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 sub.push(ENCODER.encode(lv.LiveError(f"malformed message: {exc}")))
                 continue
             if isinstance(msg, lv.Subscribe):
@@ -335,6 +413,9 @@ class LiveEndpoint:
                     break
                 while sub.queue:
                     await send({"type": "websocket.send", "text": sub.queue.popleft().decode()})
+                if sub.ending is not None:
+                    await ws.close(*sub.ending)
+                    break
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         scope.cancel()

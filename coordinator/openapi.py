@@ -7,7 +7,9 @@ from typing import Any
 
 import msgspec
 
+from coordinator.dashboard import SessionInfo, SignIn
 from schema.rest import (
+    AuditPage,
     ChunkDetail,
     ChunkPage,
     DepositRequest,
@@ -20,7 +22,12 @@ from schema.rest import (
     TaskCreated,
     TaskInfo,
     TaskList,
+    TaskPatch,
     TaskSpec,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
     TransactionPage,
     Wallet,
     WebhookAck,
@@ -32,19 +39,27 @@ from schema.rest import (
 
 _MODELS = (TaskSpec, TaskInfo, TaskCreated, TaskList, ChunkPage, ChunkDetail, ErrorBody, Health,
            DepositRequest, WithdrawRequest, FundRequest, Wallet, DepositResult, WithdrawResult,
-           TransactionPage, Earnings, WithdrawalInfo, WithdrawalList, LedgerSummary, WebhookAck)
+           TransactionPage, Earnings, WithdrawalInfo, WithdrawalList, LedgerSummary, WebhookAck,
+           TokenCreate, TokenCreated, TokenInfo, TokenList, AuditPage, TaskPatch, SignIn,
+           SessionInfo)
 
 
 def _ref(model: type) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+_ERROR = {"content": {"application/json": {"schema": _ref(ErrorBody)}}}
+
+
 def _op(summary: str, ok: type | None, status: int = 200, **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(status): {"description": "OK", **(
             {"content": {"application/json": {"schema": _ref(ok)}}} if ok else {})},
-        "default": {"description": "error",
-                    "content": {"application/json": {"schema": _ref(ErrorBody)}}},
+        "429": {"description": "over the REST rate (TN_REST_REQUESTS_PER_S); retry after the "
+                               "Retry-After header's seconds",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                **_ERROR},
+        "default": {"description": "error", **_ERROR},
     }
     return {"summary": summary, "responses": responses, **extra}
 
@@ -96,6 +111,65 @@ def _money_paths() -> dict[str, Any]:
     }
 
 
+def _task_control_paths() -> dict[str, Any]:
+    return {
+        "/api/tasks/{task_id}/pause": {"post": _op(
+            "Pause a task: no new leases; running chunks finish", TaskInfo,
+            parameters=_TASK_ID)},
+        "/api/tasks/{task_id}/resume": {"post": _op("Resume a paused task", TaskInfo,
+                                                    parameters=_TASK_ID)},
+        "/api/tasks/{task_id}/chunk-states": {"get": _op(
+            "One byte per chunk (0 pending, 1 leased, 2 done, 3 failed) as "
+            "application/octet-stream; X-TN-Chunk-Seq names the last live update included",
+            None, parameters=_TASK_ID)},
+    }
+
+
+def _browser_paths() -> dict[str, Any]:
+    return {
+        "/auth/session": {"get": _op(
+            "Who the session cookie signs in, and the CSRF token to send as X-CSRF-Token",
+            SessionInfo, security=[])},
+        "/auth/signin": {"post": _op(
+            "Sign in with a name and password (or a token); sets the HttpOnly session "
+            "cookie. Only from this coordinator's own pages (Origin checked)", SessionInfo,
+            security=[], requestBody=_json_body(SignIn))},
+        "/auth/signout": {"post": _op("End the browser session", SessionInfo)},
+    }
+
+
+def _token_paths() -> dict[str, Any]:
+    token_id = [{"name": "token_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^tk_[0-9a-f]{12}$"}}]
+    account = [{"name": "account", "in": "query", "schema": {"type": "string"},
+                "description": "admins: another account's name"}]
+    revoke = _op("Revoke one of your tokens at once (admins: anyone's); another account's "
+                 "id answers 404", TokenInfo, parameters=token_id)
+    audit = [
+        {"name": "action", "in": "query", "schema": {"type": "string"},
+         "description": "e.g. signin, token.create, wallet.deposit, access.forbidden"},
+        {"name": "actor", "in": "query", "schema": {"type": "string"},
+         "description": "an account name, or console / stripe"},
+        {"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 1},
+         "description": "the previous page's next_before_id"},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    ]
+    return {
+        "/api/tokens": {
+            "post": _op("Create a token; the response holds it, shown this once",
+                        TokenCreated, 201, requestBody=_json_body(TokenCreate)),
+            "get": _op("Your tokens (never the secrets): live first", TokenList,
+                       parameters=account),
+        },
+        "/api/tokens/{token_id}": {"delete": revoke},
+        "/api/tokens/{token_id}/revoke": {"post": revoke},
+        "/api/admin/audit": {"get": _op("The audit log, newest first (admin)", AuditPage,
+                                        parameters=audit)},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
@@ -137,7 +211,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op("Create a task", TaskCreated, 201, requestBody=upload),
                 "get": _op("List your tasks", TaskList),
             },
-            "/api/tasks/{task_id}": {"get": _op("One task", TaskInfo, parameters=_TASK_ID)},
+            "/api/tasks/{task_id}": {
+                "get": _op("One task", TaskInfo, parameters=_TASK_ID),
+                "patch": _op("Change a live task's concurrency cap or priority", TaskInfo,
+                             parameters=_TASK_ID, requestBody=_json_body(TaskPatch)),
+            },
             "/api/tasks/{task_id}/chunks": {
                 "get": _op("A page of a task's chunks", ChunkPage, parameters=page_params)},
             "/api/tasks/{task_id}/chunks/{index}": {
@@ -153,6 +231,9 @@ def openapi_document() -> dict[str, Any]:
             "/api/tasks/{task_id}/code": {
                 "get": _op("The task's code as a zip (for workers holding a lease)", None,
                            parameters=_TASK_ID)},
+            **_task_control_paths(),
             **_money_paths(),
+            **_token_paths(),
+            **_browser_paths(),
         },
     }

@@ -4,12 +4,20 @@ Each session has a bounded outbound queue drained by its own writer; the reader 
 MessagePack frames into events. Bad frames get an ``error`` reply; a session that keeps
 sending them is closed with 1008. A worker too slow to take its messages is closed (1013)
 rather than letting its queue grow.
+
+Limits (coordinator/limits.py): a session sending more than ``worker_messages_per_s`` is
+read slower, never cut off: the reader stops taking frames until its bucket refills, the
+server stops reading the socket and TCP pushes back on the worker, so nothing it sent is
+dropped. An account may hold ``worker_sessions_per_account_max`` sessions at once; one more
+is closed with 1008 and the reason (``tn-worker`` backs off and retries). Sessions remember
+the hash of the token they said hello with, so revoking it closes them (``close_token``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +26,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coordinator.accounts import Accounts
+from coordinator.accounts import Accounts, hash_token
 from coordinator.artifacts import TaskArtifacts
 from coordinator.config import Config
 from coordinator.core import effects as fx
@@ -32,12 +40,16 @@ from coordinator.core.events import (
     SessionHello,
     WhyIdleIn,
 )
+from coordinator.limits import TokenBucket
+from coordinator.parsing import DECODE_ERRORS
 from coordinator.recorder import SessionLog
 from coordinator.runtime import Runtime
 from schema import worker as w
 
+_log = logging.getLogger("tn.sessions")
 ENCODER = msgspec.msgpack.Encoder()
 DECODER = msgspec.msgpack.Decoder(w.WorkerMessage)
+TOKEN_REVOKED = "token revoked; get a new token (tn token create)"
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -54,12 +66,14 @@ Outgoing = bytes | _Close
 
 
 class _Conn:
-    def __init__(self, queue_max: int) -> None:
+    def __init__(self, queue_max: int, account_id: str, token_hash: str) -> None:
         send, recv = anyio.create_memory_object_stream[Outgoing](queue_max)
         self.send: MemoryObjectSendStream[Outgoing] = send
         self.recv: MemoryObjectReceiveStream[Outgoing] = recv
         self.closing = False
         self.log: SessionLog | None = None
+        self.account_id = account_id
+        self.token_hash = token_hash
 
     def put(self, item: Outgoing) -> bool:
         if self.closing:
@@ -87,6 +101,7 @@ class WorkerSessions:
         self.epoch = epoch
         self._ids = itertools.count(1)
         self.conns: dict[str, _Conn] = {}
+        self._per_account: dict[str, int] = {}  # open sessions by account
 
     # ---- effects from the core (called after commit) ----------------------------------
 
@@ -105,8 +120,17 @@ class WorkerSessions:
     def close(self, session_id: str, code: int, reason: str) -> None:
         conn = self.conns.get(session_id)
         if conn is not None and not conn.closing:
-            conn.put(_Close(code, reason))
+            if not conn.put(_Close(code, reason)):
+                conn.send.close()  # no room for the close: the writer closes 1013
             conn.closing = True
+
+    def close_token(self, token_hash: str) -> int:
+        """Close (1008) every session that said hello with this token: it was revoked.
+        Returns how many there were."""
+        doomed = [sid for sid, conn in self.conns.items() if conn.token_hash == token_hash]
+        for sid in doomed:
+            self.close(sid, CLOSE_POLICY, TOKEN_REVOKED)
+        return len(doomed)
 
     def _put(self, session_id: str, message: w.CoordinatorMessage) -> None:
         conn = self.conns.get(session_id)
@@ -135,8 +159,15 @@ class WorkerSessions:
             return
         account_id = hello[0]
         msg: w.Hello = hello[1]
+        # no await from the count to the insert below: concurrent hellos cannot both fit
+        cap = self.config.worker_sessions_per_account_max
+        if self._per_account.get(account_id, 0) >= cap:
+            await self._turn_away(ws, f"too many worker sessions for this account "
+                                      f"(TN_WORKER_SESSIONS_PER_ACCOUNT_MAX={cap}); "
+                                      "stop one or raise the limit")
+            return
         session_id = f"s{self.epoch}.{next(self._ids)}"
-        conn = _Conn(self.config.session_queue_max)
+        conn = _Conn(self.config.session_queue_max, account_id, hash_token(msg.token))
         if self.config.session_logs_enabled:
             now = self.runtime.clock.now_ms()
             conn.log = SessionLog(self.config.data_dir / "sessions", session_id,
@@ -144,6 +175,7 @@ class WorkerSessions:
                                   self.config.session_log_payload_bytes_max)
             conn.log.write("in", msg, now)
         self.conns[session_id] = conn
+        self._per_account[account_id] = self._per_account.get(account_id, 0) + 1
         try:
             await self._post(SessionHello(
                 0, 0, session_id, account_id, msg.worker_id, list(msg.capabilities),
@@ -155,6 +187,9 @@ class WorkerSessions:
                 tg.cancel_scope.cancel()
         finally:
             del self.conns[session_id]
+            left = self._per_account.pop(account_id) - 1
+            if left:
+                self._per_account[account_id] = left
             if conn.log is not None:
                 conn.log.close()
             with anyio.CancelScope(shield=True):
@@ -177,7 +212,7 @@ class WorkerSessions:
             return None
         try:
             msg = DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             await self._refuse(ws, f"malformed hello: {exc}")
             return None
         if not isinstance(msg, w.Hello):
@@ -201,11 +236,31 @@ class WorkerSessions:
         except (WebSocketDisconnect, RuntimeError):
             pass
 
+    async def _turn_away(self, ws: WebSocket, reason: str) -> None:
+        """Close 1008 with no fatal error first: the worker may retry later (its client
+        backs off), unlike a bad token, which no retry fixes."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await ws.close(CLOSE_POLICY, reason[:120])
+
     async def _reader(self, ws: WebSocket, session_id: str) -> None:
-        log = self.conns[session_id].log
+        conn = self.conns[session_id]
+        log = conn.log
         bad = 0
         limit = self.config.ws_message_bytes_max
+        rate, burst = self.config.worker_messages_per_s, self.config.worker_messages_burst
+        bucket = TokenBucket(rate, burst)
+        slowed = False
         while True:
+            # over the rate: stop reading until the bucket refills (backpressure; the
+            # frames wait in the worker's socket, none is dropped)
+            while (wait_s := bucket.take()) > 0:
+                if not slowed:
+                    slowed = True
+                    _log.warning("session %s (account %s) sends more than "
+                                 "TN_WORKER_MESSAGES_PER_S=%d messages a second (bursts of "
+                                 "TN_WORKER_MESSAGES_BURST=%d); reading it slower", session_id,
+                                 conn.account_id, rate, burst)
+                await anyio.sleep(wait_s)
             raw = await ws.receive()
             if raw["type"] == "websocket.disconnect":
                 return
@@ -224,7 +279,7 @@ class WorkerSessions:
                     event = _to_event(msg, session_id)
                     if event is None:
                         problem = "hello was already received; send it once per session"
-                except msgspec.DecodeError as exc:
+                except DECODE_ERRORS as exc:
                     problem = f"malformed message: {exc}"
             if problem is not None:
                 bad += 1

@@ -22,6 +22,7 @@ import stripe
 from stripe.params.checkout import SessionCreateParams
 
 from coordinator.config import Config
+from coordinator.parsing import whole_number
 
 log = logging.getLogger("tn.stripe")
 
@@ -122,9 +123,10 @@ def credit_of(event: dict[str, Any], amount_max: int) -> Credit | None:
     total = obj.get("amount_total")
     if not isinstance(account_id, str) or not account_id:
         raise WebhookError("the session's metadata has no account_id")
-    if not isinstance(raw, str) or not raw.isdigit() or len(raw) > 20:
+    amount = whole_number(raw) if isinstance(raw, str) else None
+    if amount is None:
         raise WebhookError(f"the session's metadata amount {raw!r} is not a whole number")
-    if type(total) is not int or total != int(raw):
+    if type(total) is not int or total != amount:
         raise WebhookError(f"the session's amount_total {total!r} is not its metadata amount "
                            f"{raw}")
     if not 0 < total <= amount_max:

@@ -384,6 +384,8 @@ def _parse_json(data: bytes) -> list[Any]:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as e:
         raise UploadError("data", f"the JSON dataset is malformed: {_where(e, data)}") from None
+    except RecursionError:  # msgspec's depth limit (about 1000), not DecodeError
+        raise _too_deep("the JSON dataset") from None
     if not isinstance(value, list):
         raise UploadError(
             "data",
@@ -415,6 +417,8 @@ def _parse_jsonl(data: bytes, limits: UploadLimits) -> list[Any]:
             continue
         try:
             items.append(decode(line))
+        except RecursionError:
+            raise _too_deep(f"line {number} of the JSON Lines dataset") from None
         except msgspec.DecodeError as e:
             reason = _reason(e)
             raise UploadError(
@@ -463,6 +467,11 @@ def _parse_csv(data: bytes, limits: UploadLimits, delimiter: str) -> list[Any]:
     return items
 
 
+def _too_deep(what: str) -> UploadError:
+    return UploadError("data", f"{what} nests arrays or objects too deeply (the limit is "
+                               "about 1000 levels); flatten the items")
+
+
 def _too_many(limits: UploadLimits) -> UploadError:
     return UploadError(
         "data",
@@ -472,11 +481,23 @@ def _too_many(limits: UploadLimits) -> UploadError:
 
 
 def _check_item_sizes(items: list[Any], limits: UploadLimits) -> None:
+    """Every item fits in ``item_bytes_max`` MessagePack bytes, and can be encoded at all:
+    JSON integers have no range, MessagePack's are -2**63 .. 2**64-1."""
     encode = msgspec.msgpack.Encoder().encode
-    if max(map(len, map(encode, items))) <= limits.item_bytes_max:
-        return
+    try:
+        if max(map(len, map(encode, items))) <= limits.item_bytes_max:
+            return
+    except OverflowError:
+        pass  # found again below, with the item's index
     for index, item in enumerate(items):
-        size = len(encode(item))
+        try:
+            size = len(encode(item))
+        except OverflowError:
+            raise UploadError(
+                "data",
+                f"item {index} holds an integer outside -2**63 .. 2**64-1, which workers "
+                "cannot be sent; write it as a string",
+            ) from None
         if size > limits.item_bytes_max:
             raise UploadError(
                 "data",

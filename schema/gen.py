@@ -39,6 +39,10 @@ DOCUMENTS: dict[str, Any] = {
     "rest-earnings": rest.Earnings,
     "rest-withdrawal-list": rest.WithdrawalList,
     "rest-ledger-summary": rest.LedgerSummary,
+    "rest-token-create": rest.TokenCreate,
+    "rest-token-created": rest.TokenCreated,
+    "rest-token-list": rest.TokenList,
+    "rest-audit-page": rest.AuditPage,
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -249,3 +249,68 @@ class LedgerSummary(msgspec.Struct, frozen=True):
 class WebhookAck(msgspec.Struct, frozen=True):
     received: bool
     credited: bool = False  # False also when this event was credited before (a re-delivery)
+
+
+# ---- API tokens and the audit log ------------------------------------------------------------
+
+TOKEN_LABEL_CHARS_MAX = 100
+TokenState = Literal["active", "expired", "revoked"]
+
+
+class TokenCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/tokens``: a new token for your account (an admin may name another)."""
+
+    label: Annotated[str, Meta(min_length=1, max_length=TOKEN_LABEL_CHARS_MAX,
+                               description="where the token is used, e.g. 'laptop'")]
+    expires_in_s: Annotated[int, Meta(ge=1, description=(
+        "lifetime in seconds, at most the coordinator's TN_TOKEN_LIFETIME_MAX_S; left out: "
+        "that maximum (or no expiry when it is 0)"))] | None = None
+    account: Annotated[str, Meta(min_length=1, max_length=200, description=(
+        "admins: the name of the account to issue the token for"))] | None = None
+
+
+class TokenCreated(msgspec.Struct, frozen=True):
+    """The new token: ``token`` is shown this once and never again (only its hash is kept)."""
+
+    id: str
+    token: str
+    label: str
+    account: str  # the owner's name
+    created_ms: int
+    expires_ms: int | None = None
+
+
+class TokenInfo(msgspec.Struct, frozen=True):
+    """A token as listed: its public id, never the token or its hash."""
+
+    id: str
+    label: str
+    account: str  # the owner's name
+    state: TokenState
+    created_ms: int
+    expires_ms: int | None = None
+    revoked_ms: int | None = None
+
+
+class TokenList(msgspec.Struct, frozen=True):
+    tokens: list[TokenInfo]  # live first, then the newest revoked or expired
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    """One audited action: who (``actor_name``; ``console`` or ``stripe`` when no account),
+    what, on what, from where, and whether it was done or refused."""
+
+    id: int
+    at_ms: int
+    actor_id: str | None
+    actor_name: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    ip: str
+    outcome: Literal["ok", "refused"]
+
+
+class AuditPage(msgspec.Struct, frozen=True):
+    entries: list[AuditEntry]  # newest first
+    next_before_id: int | None = None  # pass as before_id for the next (older) page

@@ -31,6 +31,9 @@ from schema import worker as w
 log = logging.getLogger("tn.worker")
 ENCODER = msgspec.msgpack.Encoder()
 IDLE_ASK_S = 10.0  # idle this long (no chunk held) before asking the coordinator why
+BACKOFF_FIRST_S = 0.25  # the first reconnect's delay; doubled per failure up to backoff_max_s
+POLICY_BACKOFF_S = 5.0  # after a policy close (1008: e.g. too many sessions), at least this
+CLOSE_POLICY = 1008
 DECODER = msgspec.msgpack.Decoder(w.CoordinatorMessage)
 
 
@@ -78,6 +81,7 @@ class Worker:
         self.runners = [SlotRunner(opts.limits) for _ in range(opts.slots)]
         self.layers: list[str] = []
         self.last_idle_reasons: list[str] = []
+        self._delay_s = BACKOFF_FIRST_S  # back to the first delay once welcomed
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -98,19 +102,21 @@ class Worker:
                     await runner.close()
 
     async def _connect_forever(self, tg: TaskGroup) -> None:
-        delay = 0.25
+        """Connect, run the session, and reconnect with exponential backoff. The delay
+        goes back to the first only after a welcome: a coordinator that accepts the socket
+        and then closes it (too many sessions) is not retried in a hot loop."""
         url = self.opts.url.rstrip("/") + "/ws/worker"
         while True:
+            pause_s: float | None = None  # set when the session ended with an error
             try:
                 async with connect(
                     url, max_size=self.opts.message_bytes_max, open_timeout=10, compression=None
                 ) as ws:
-                    delay = 0.25
                     await self._session(ws)
             except FatalError:
                 raise
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                self._lost(exc, delay)
+                pause_s = self._lost(exc)
             except BaseExceptionGroup as group:  # from the session's task group
                 fatal, _ = group.split(FatalError)
                 if fatal is not None:
@@ -118,18 +124,34 @@ class Worker:
                 lost, other = group.split((OSError, ConnectionClosed, TimeoutError))
                 if other is not None or lost is None:
                     raise
-                self._lost(lost.exceptions[0], delay)
+                pause_s = self._lost(lost.exceptions[0])
             except InvalidURI as exc:
                 raise FatalError(f"bad --url {self.opts.url!r}: {exc}") from None
             finally:
                 self.ws = None
-            await anyio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.opts.backoff_max_s)
+            await anyio.sleep(self._pause_s() if pause_s is None else pause_s)
+            self._delay_s = min(self._delay_s * 2, self.opts.backoff_max_s)
 
-    def _lost(self, exc: BaseException, delay: float) -> None:
+    def _pause_s(self) -> float:
+        return self._delay_s * (0.5 + random.random())
+
+    def _lost(self, exc: BaseException) -> float:
+        """Say why the session ended; return how long to wait before reconnecting. A policy
+        close (1008) carries the coordinator's reason, e.g. a limit and its setting: it is
+        printed as such, and the wait is at least ``POLICY_BACKOFF_S``."""
+        closed = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+        if closed is not None and closed.code == CLOSE_POLICY:
+            floor_s = min(POLICY_BACKOFF_S, self.opts.backoff_max_s)
+            self._delay_s = max(self._delay_s, floor_s)
+            pause_s = max(self._pause_s(), floor_s)
+            self.on_event(f"the coordinator closed the session: {closed.reason or 'policy'} "
+                          f"(code 1008); retrying in {pause_s:.1f}s")
+            return pause_s
+        pause_s = self._pause_s()
         self.on_event(
-            f"connection lost ({exc.__class__.__name__}: {exc}); reconnecting in {delay:.1f}s"
+            f"connection lost ({exc.__class__.__name__}: {exc}); reconnecting in {pause_s:.1f}s"
         )
+        return pause_s
 
     async def _session(self, ws: ClientConnection) -> None:
         held = list(self.jobs)
@@ -152,6 +174,7 @@ class Worker:
         if not isinstance(first, w.Welcome):
             raise FatalError(f"expected welcome, got {type(first).__name__}")
         self.heartbeat_s = (self.opts.heartbeat_ms or first.heartbeat_ms) / 1000
+        self._delay_s = BACKOFF_FIRST_S
         for lease_id in first.dropped:
             self._forget(lease_id, "dropped by the coordinator")
         self.ws = ws

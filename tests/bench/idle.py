@@ -49,7 +49,9 @@ def measure(n: int = 10_000) -> tuple[int, int, float]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n * 2 + 1000)), hard))
     with tempfile.TemporaryDirectory() as tmp:
         coord = Coordinator(Path(tmp) / "data", {"TN_HEARTBEAT_MS": "600000",
-                                                  "TN_LEASE_MS": "1200000"})
+                                                  "TN_LEASE_MS": "1200000",
+                                                  # all n sessions are of one account
+                                                  "TN_WORKER_SESSIONS_PER_ACCOUNT_MAX": str(n)})
         try:
             base = coord.rss_bytes()
             rss, took = asyncio.run(_hold(coord, n))

@@ -72,7 +72,9 @@ def measure(subscribers: int = 1000, chunks: int = 20_000, rounds: int = 3) -> d
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers * 2 + 1000)),
                                                 hard))
     with tempfile.TemporaryDirectory() as tmp:
-        coord = Coordinator(Path(tmp) / "data")
+        # all the subscribers are of one account
+        coord = Coordinator(Path(tmp) / "data",
+                            {"TN_LIVE_SESSIONS_PER_ACCOUNT_MAX": str(subscribers)})
         workers = [start_worker(coord, f"w{i}", 2, Path(tmp) / f"cache{i}") for i in range(2)]
         subs: subprocess.Popen[str] | None = None
         try:

@@ -99,6 +99,27 @@ def test_amount_limits_name_the_variable() -> None:
         check_amount(10**30, config)
 
 
+def test_every_route_of_the_app_is_documented(tmp_path: Path) -> None:
+    """Every REST route the app serves (not the dashboard's files) is in openapi.json, with
+    the 429 answer of the rate limit."""
+    from starlette.routing import Route
+
+    from coordinator.app import create_app
+    from coordinator.config import Config
+    from coordinator.dashboard import Static
+
+    paths = openapi_document()["paths"]
+    files = set(Static().paths())
+    served = [(r.path, m) for r in create_app(Config(data_dir=tmp_path)).routes
+              if isinstance(r, Route) and r.path not in files and r.path != "/openapi.json"
+              for m in (r.methods or ()) if m != "HEAD"]
+    assert len(served) > 30, served
+    for path, method in served:
+        op = paths.get(path, {}).get(method.lower())
+        assert op is not None, f"{method} {path} is not in openapi.json"
+        assert "429" in op["responses"], f"{method} {path}: no 429 documented"
+
+
 def test_every_money_route_is_documented() -> None:
     paths = openapi_document()["paths"]
     fund = [r for r in ROUTES if r[2] == "fund"]
