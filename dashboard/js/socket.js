@@ -64,9 +64,10 @@ export class Live {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
-      let denied = event.code === 1008;
-      if (!denied && !opened) {
-        // refused before it opened: the coordinator is down, or our sign-in has ended
+      // A policy close (1008) or a refusal before it opened: our sign-in has ended, or a
+      // limit was hit (too many open dashboards, too many messages) while still signed in.
+      let denied = false;
+      if (event.code === 1008 || !opened) {
         try {
           denied = !(await session()).account;
         } catch (_) { /* down: retry below */ }
@@ -77,8 +78,10 @@ export class Live {
         this.onDenied();
         return;
       }
-      this.retry(event.code === 1013 ? 'the dashboard fell behind the live updates'
-        : 'the connection to the coordinator was lost');
+      let why = 'the connection to the coordinator was lost';
+      if (event.code === 1013) why = 'the dashboard fell behind the live updates';
+      else if (event.code === 1008 && event.reason) why = `the coordinator said: ${event.reason}`;
+      this.retry(why);
     });
   }
 

@@ -51,3 +51,32 @@ def test_banner_reconnect_and_resync(own_coordinator: Coordinator,
     expect(balance).to_have_text("1,005.00")
     expect(page.locator("#transactions tbody tr").first).to_contain_text("+5.00")
     expect(banner).to_be_hidden(timeout=10_000)
+
+
+@pytest.fixture
+def capped_coordinator(tmp_path_factory: pytest.TempPathFactory,
+                       request: pytest.FixtureRequest) -> Iterator[Coordinator]:
+    """One live session per account: a second dashboard of the same account is over it."""
+    cluster = Cluster(tmp_path_factory.mktemp("browser-capped"))
+    _register(request.node, cluster)
+    try:
+        yield cluster.coordinator({**ENV, "TN_LIVE_SESSIONS_PER_ACCOUNT_MAX": "1"})
+    finally:
+        cluster.close()
+
+
+def test_a_limit_shows_its_reason_and_keeps_the_sign_in(capped_coordinator: Coordinator,
+                                                        browser_page: OpenPage) -> None:
+    coord = capped_coordinator
+    first = browser_page(url=coord.url)
+    page = sign_in_password(first, "demo-customer", landing="#/wallet")
+    expect(page.locator("#balance")).to_have_text("1,000.00")
+    # a second tab of the same browser (same cookie): its live socket is over the cap
+    second = page.context.new_page()
+    second.goto(coord.url + "/#/wallet")
+    banner = second.locator("#banner")
+    expect(banner).to_contain_text("too many live sessions")
+    expect(banner).to_contain_text("Reconnecting in")
+    assert "signin" not in second.url  # still signed in: only the limit was hit
+    second.close()
+    expect(page.locator("#banner")).to_be_hidden()
