@@ -7,9 +7,12 @@ machine lacks is reported as missing, with the reason. In order:
 1. ``rlimit`` (rlimit.py): address space, open files, file size, no core dumps.
 2. ``cpu-cap`` (rlimit.py): RLIMIT_CPU over the child's life, a backstop behind the parent's
    per-chunk wall-clock deadline.
-3. ``namespaces`` (namespaces.py): new user, network and mount namespaces: uid nobody, no
-   network at all, a private /tmp, a size-capped scratch tmpfs, the code directory read-only.
-   First of the confining layers: it needs mount and unshare, which the later ones forbid.
+3. ``namespaces`` (namespaces.py, mounts.py): new network and mount namespaces: no network at
+   all, a private /tmp, a size-capped scratch tmpfs, the code directory read-only; and uid
+   nobody (65534). When the worker runs as root that is a real drop, made after the mounts (uid
+   65534 outside too; ``strict`` insists on it); otherwise a new user namespace maps 65534 to
+   the worker's own uid. First of the confining layers: it needs mount and unshare, which the
+   later ones forbid.
 4. ``capabilities`` (namespaces.py): every capability dropped, no_new_privs.
 5. ``landlock`` (landlock.py): reads only beneath the Python installation and the code
    directory, writes only beneath the scratch directory and /tmp; no TCP; no signals outside.
@@ -18,7 +21,9 @@ machine lacks is reported as missing, with the reason. In order:
    other processes and more; threads keep working. Last, since it forbids what the others use.
 
 ``apply_sandbox`` in ``auto`` mode applies what it can; in ``strict`` mode it refuses (raises
-``SandboxError``) unless namespaces, Landlock and seccomp are all active.
+``SandboxError``) unless namespaces, Landlock and seccomp are all active. For a root worker the
+namespaces layer is only active with the real uid drop: in strict mode a child that cannot drop
+reports the layer missing rather than falling back to a nominal uid.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ IS_LINUX = sys.platform.startswith("linux")
 
 # prctl options (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_GET_SECCOMP = 21
 PR_SET_NO_NEW_PRIVS = 38
@@ -126,8 +128,13 @@ def clear_capabilities() -> None:
 
 def effective_capabilities() -> int:
     """The calling process's effective capability mask, from /proc/self/status."""
+    return capability_mask("CapEff")
+
+
+def capability_mask(field: str) -> int:
+    """One capability mask of the calling process (``CapEff``, ``CapPrm``, ``CapBnd``, ...)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("CapEff:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1], 16)
     return 0

@@ -7,7 +7,7 @@ from typing import Protocol
 
 # Every layer, in the order it is applied (see client/sandbox/__init__.py for why).
 LAYER_NAMES = ("rlimit", "cpu-cap", "namespaces", "capabilities", "landlock", "seccomp")
-# The layers ``--sandbox strict`` insists on.
+# The layers ``--sandbox strict`` insists on (for a root worker, namespaces includes the uid drop).
 STRICT_LAYERS = ("namespaces", "landlock", "seccomp")
 MODES = ("auto", "strict")
 

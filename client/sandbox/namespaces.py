@@ -1,17 +1,41 @@
 """The ``namespaces`` and ``capabilities`` layers.
 
-``namespaces`` moves the process into new user, network and mount namespaces with one
-``unshare`` (unprivileged user namespaces make this work without root), then:
+``namespaces`` gives the child its own network namespace (empty: only a down loopback, no route
+anywhere) and mount namespace, and an unprivileged uid. How depends on who runs the worker.
 
-- maps only uid/gid 65534 (nobody) inside to the worker's own uid/gid outside, with
-  ``setgroups`` denied. When the worker runs as root, files still see the child as uid 0 from
-  outside (an unprivileged process can map only its own uid); with capabilities dropped that
-  means owner rights on root-owned files, which is what Landlock is for;
-- leaves the new network namespace empty (only a down loopback): no route anywhere;
-- makes every mount private, mounts a fresh tmpfs of ``tmp_bytes_max`` on /tmp, mounts a tmpfs
-  of ``scratch_bytes_max`` on the scratch directory (a disk quota: a full scratch gives ENOSPC)
-  and bind-mounts the code directory read-only. When those directories live under /tmp their
-  paths are recreated inside the new /tmp, so every path the parent handed over still works.
+As root (effective uid 0), the child does its mounts while it is still root, then drops to
+uid/gid 65534 (nobody/nogroup) for real: the capability bounding set emptied (while
+CAP_SETPCAP is still there), ``setgroups([])``, ``setresgid``, ``setresuid``, then no_new_privs
+(a set-user-ID-root program runs as nobody too) and not dumpable (other uid-65534 processes may
+not ptrace it or read its memory). It checks that ``getresuid()`` and ``getresgid()`` are 65534
+three times, that no group and no capability is left and that ``setuid(0)`` fails. The child is
+then uid 65534 inside and outside, with no user namespace: files it creates belong to 65534,
+and a root-only file is closed to it even without Landlock. It cannot undo root's mounts (it
+holds no CAP_SYS_ADMIN anywhere).
+
+Why mount first and drop second, rather than drop first and then unshare a user namespace as
+nobody: that order works on this machine (an unprivileged process may create a user namespace
+and map 65534 inside to 65534 outside, once it has made itself dumpable again so that it may
+write its own uid_map), but after the drop the child can no longer reach a Python installed
+under root's 0700 home (here /root/.pyenv), and a bind mount's source must be opened in the new
+mount namespace, so after the drop. Mounting as root first lets the child hide such a directory
+under a tmpfs and bind the installation back at the same path (see mounts.py); it also does not
+depend on unprivileged user namespaces, which many distributions restrict.
+
+Otherwise (not root), one ``unshare`` moves the child into new user, network and mount
+namespaces (unprivileged user namespaces make this work), mapping only uid/gid 65534 inside to
+the worker's own uid/gid outside, with ``setgroups`` denied: uid 65534 is then a name only.
+
+If a root worker's child cannot make the real drop (a root without CAP_SYS_ADMIN, say), ``auto``
+mode falls back to the user-namespace way and says so: ``uid 65534 (uid 0 outside: no real
+drop, ...)``. ``strict`` mode reports the layer missing instead, so ``--sandbox strict`` never
+runs a root worker's customer code without the drop.
+
+Either way every mount is made private, a fresh tmpfs of ``tmp_bytes_max`` goes on /tmp, one of
+``scratch_bytes_max`` on the scratch directory (a disk quota: a full scratch gives ENOSPC; owned
+by 65534 when root made it) and the code directory is bound read-only. When those directories
+live under /tmp their paths are recreated inside the new /tmp, so every path the parent handed
+over still works.
 
 Whether the machine allows all this is first tried in a short-lived forked process (a few
 milliseconds), so a machine that refuses leaves the child unchanged and the layer is reported
@@ -27,15 +51,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
+from collections.abc import Callable
 
 from client.sandbox import _sys
 from client.sandbox.base import LayerUnavailable, SandboxConfig
+from client.sandbox.mounts import (
+    COVER_BYTES,
+    READ_SEARCH,
+    allows,
+    bind_read_only,
+    is_beneath,
+    make_dirs,
+    mount_tmpfs,
+    open_dir,
+    outermost,
+    reattach,
+    runtime_dirs,
+    search_blocker,
+)
 from client.sandbox.rlimit import fmt_bytes
 
-INSIDE_ID = 65534  # nobody / nogroup
-_INODE_BYTES = 16 << 10  # one tmpfs inode per this many bytes of quota (at least 1024)
-_TMPFS_FLAGS = _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC
+NOBODY = 65534  # nobody / nogroup: the child's uid and gid (inside; outside too, as root)
+DESCRIBE_CHARS_MAX = 200  # schema.worker.Hello.sandbox entries
+_PROBE_TMP_BYTES = 1 << 20
 
 
 class NamespaceLayer:
@@ -45,42 +83,69 @@ class NamespaceLayer:
         self._config = config
         self.private_tmp: str | None = None  # set once /tmp is the private tmpfs
         self._outside_uid = -1
+        self._dropped = False  # root made the mounts, then dropped to uid 65534 for real
+        self._no_drop = ""  # why a root worker's child kept uid 0 outside (auto mode only)
+        self._covered: list[str] = []
 
     def apply(self) -> None:
         if not _sys.IS_LINUX:
             raise LayerUnavailable("needs Linux")
-        problem = _probe()
+        if os.geteuid() == 0:
+            problem = _drop_problem(self._config)
+            if problem is None:
+                _enter_as_root()
+                self._mount(owner=NOBODY, covers=_covers(self._config))
+                drop_to_nobody()
+                self._outside_uid, self._dropped = NOBODY, True
+                return
+            if self._config.mode == "strict":
+                raise LayerUnavailable(
+                    f"the worker runs as root and the child cannot drop to uid {NOBODY}: "
+                    + problem
+                )
+            self._no_drop = problem
+        problem = _probe(_try_user_namespace)
         if problem is not None:
             raise LayerUnavailable(problem)
-        cfg = self._config
         uid = os.geteuid()
-        _enter_namespaces()
+        _enter_user_namespace()
         self._outside_uid = uid
-        # A handle on the code directory in the new mount namespace, taken before /tmp is
-        # replaced (a bind mount's source must belong to the caller's mount namespace).
-        code_fd = _open_path(cfg.code_dir) if cfg.code_dir is not None else None
-        # The Python installation and our package may live under /tmp too (a checkout or
-        # venv there): keep them visible, read-only, in the new /tmp.
-        kept = [(p, fd) for p in _runtime_dirs_under_tmp()
-                if (fd := _open_path(p)) is not None]
+        self._mount(owner=None, covers=[])
+
+    def _mount(self, owner: int | None, covers: list[str]) -> None:
+        """The private /tmp, the covers, the read-only code and Python, the scratch quota.
+
+        ``owner`` owns /tmp and the scratch (the uid about to be dropped to, when root mounts).
+        """
+        cfg = self._config
+        hidden = ["/tmp", *covers]
+        # Handles on what must stay visible, taken in the new mount namespace (a bind mount's
+        # source must belong to it) and before anything is hidden.
+        code_fd = open_dir(cfg.code_dir) if cfg.code_dir is not None else None
+        keep = outermost(p for p in runtime_dirs() if any(is_beneath(p, h) for h in hidden))
+        kept: list[tuple[str, int]] = []
         try:
-            _sys.mount("tmpfs", "/tmp", "tmpfs", _TMPFS_FLAGS, _tmpfs_options(cfg.tmp_bytes_max))
+            for path in keep:
+                kept.append((path, open_dir(path)))
+            mount_tmpfs("/tmp", cfg.tmp_bytes_max, owner=owner)
             self.private_tmp = "/tmp"
+            for cover in covers:
+                mount_tmpfs(cover, COVER_BYTES, mode=0o755)
+            self._covered = covers
             if cfg.code_dir is not None and code_fd is not None:
-                _reattach(cfg.code_dir, code_fd)
-                _bind_read_only(cfg.code_dir, code_fd)
+                reattach(cfg.code_dir, code_fd)
+                bind_read_only(cfg.code_dir, code_fd)
             for path, fd in kept:
-                _reattach(path, fd)
-                _bind_read_only(path, fd)
+                reattach(path, fd)
+                bind_read_only(path, fd, executable=True)  # extension modules are mmapped
         finally:
             if code_fd is not None:
                 os.close(code_fd)
             for _, fd in kept:
                 os.close(fd)
         if cfg.scratch_dir is not None:
-            os.makedirs(cfg.scratch_dir, mode=0o700, exist_ok=True)
-            opts = _tmpfs_options(cfg.scratch_bytes_max)
-            _sys.mount("tmpfs", cfg.scratch_dir, "tmpfs", _TMPFS_FLAGS, opts)
+            make_dirs(cfg.scratch_dir)
+            mount_tmpfs(cfg.scratch_dir, cfg.scratch_bytes_max, owner=owner)
             os.chdir(cfg.scratch_dir)  # the old working directory is the disk under the tmpfs
 
     def describe(self) -> str:
@@ -90,30 +155,112 @@ class NamespaceLayer:
             parts.append(f"scratch quota {fmt_bytes(cfg.scratch_bytes_max)}")
         if cfg.code_dir is not None:
             parts.append("read-only code")
-        outside = f"uid {self._outside_uid} outside" if self._outside_uid >= 0 else ""
-        parts.append(f"uid {INSIDE_ID}" + (f" ({outside})" if outside else ""))
-        return "namespaces: " + ", ".join(parts)
+        if self._covered:
+            parts.append("hidden " + " ".join(self._covered))
+        if self._no_drop:
+            parts.append(f"uid {NOBODY} (uid 0 outside: no real drop, {self._no_drop})")
+        elif self._dropped:
+            parts.append(f"uid {NOBODY} (uid {NOBODY} outside, dropped from root)")
+        elif self._outside_uid >= 0:
+            parts.append(f"uid {NOBODY} (uid {self._outside_uid} outside)")
+        else:
+            parts.append(f"uid {NOBODY}")
+        line = "namespaces: " + ", ".join(parts)
+        if len(line) > DESCRIBE_CHARS_MAX:
+            line = line[: DESCRIBE_CHARS_MAX - 3] + "..."
+        return line
 
 
-def _enter_namespaces() -> None:
+def drop_to_nobody() -> None:
+    """As root: become uid and gid 65534 for good. Raises if anything of root is left."""
+    _drop_bounding_set()  # while CAP_SETPCAP is still ours
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)  # a set-user-ID-root program runs as nobody too
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says
+    nobody = (NOBODY, NOBODY, NOBODY)
+    ids = (os.getresuid(), os.getresgid(), os.getgroups())
+    if ids != (nobody, nobody, []):
+        raise RuntimeError(f"after the drop to uid {NOBODY}, (resuid, resgid, groups) is {ids}")
+    left = {f: m for f in ("CapEff", "CapPrm") if (m := _sys.capability_mask(f))}
+    if left:
+        raise RuntimeError(f"after the drop to uid {NOBODY}, capabilities are left: {left}")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RuntimeError(f"setuid(0) still works after the drop to uid {NOBODY}")
+
+
+def _enter_as_root() -> None:
+    """unshare the network and mount namespaces (no user namespace), make every mount private."""
+    try:
+        _sys.unshare(_sys.CLONE_NEWNET | _sys.CLONE_NEWNS)
+    except OSError as exc:
+        why = f"unshare(CLONE_NEWNET|CLONE_NEWNS) as root failed: {exc.strerror}"
+        raise _Refused(why) from None
+    _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+
+
+def _enter_user_namespace() -> None:
     """unshare, map nobody to our own ids, make every mount private."""
     uid, gid = os.geteuid(), os.getegid()
     try:
         _sys.unshare(_sys.CLONE_NEWUSER | _sys.CLONE_NEWNET | _sys.CLONE_NEWNS)
     except OSError as exc:
-        raise _NoUserns(_why_no_userns(exc)) from None
+        raise _Refused(_why_no_userns(exc)) from None
     _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{INSIDE_ID} {uid} 1\n")
-    _write("/proc/self/gid_map", f"{INSIDE_ID} {gid} 1\n")
+    _write("/proc/self/uid_map", f"{NOBODY} {uid} 1\n")
+    _write("/proc/self/gid_map", f"{NOBODY} {gid} 1\n")
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
 
 
-class _NoUserns(Exception):
-    pass
+def _covers(config: SandboxConfig) -> list[str]:
+    """The outermost directories uid 65534 cannot search that lead to what the child needs
+    (outside /tmp, which is replaced anyway): each gets a tmpfs, what it leads to is kept."""
+    needed = [*runtime_dirs(), config.code_dir, config.scratch_dir]
+    blockers = [
+        blocker
+        for path in needed
+        if path is not None and not is_beneath(path, "/tmp")
+        and (blocker := search_blocker(path, NOBODY)) is not None
+    ]
+    return outermost(blockers)
 
 
-def _probe() -> str | None:
-    """Try the namespace steps in a throwaway forked process: ``None`` if they all work.
+def _drop_problem(config: SandboxConfig) -> str | None:
+    """Why a root worker's child could not drop to uid 65534 and keep working, or ``None``."""
+    needed = [*runtime_dirs(), *([config.code_dir] if config.code_dir else [])]
+    for path in needed:
+        st = os.stat(path)
+        if not allows(st, NOBODY, READ_SEARCH):
+            return (
+                f"uid {NOBODY} may not read {path} (mode {st.st_mode & 0o7777:04o}, "
+                f"owner {st.st_uid}:{st.st_gid})"
+            )
+    if "/" in _covers(config):
+        return f"uid {NOBODY} may not search /"
+    return _probe(_try_as_root)
+
+
+def _try_as_root() -> None:
+    _enter_as_root()
+    mount_tmpfs("/tmp", _PROBE_TMP_BYTES, owner=NOBODY)
+    drop_to_nobody()
+
+
+def _try_user_namespace() -> None:
+    _enter_user_namespace()
+    mount_tmpfs("/tmp", _PROBE_TMP_BYTES)
+
+
+class _Refused(Exception):
+    """The namespaces could not be created at all."""
+
+
+def _probe(steps: Callable[[], None]) -> str | None:
+    """Take ``steps`` in a throwaway forked process: ``None`` if they all work, else why not.
 
     Some systems allow the unshare but not what follows (AppArmor's restriction of
     unprivileged user namespaces leaves them without capabilities, so mounts fail). Learning
@@ -125,13 +272,12 @@ def _probe() -> str | None:
         code = 0
         try:
             os.close(read_fd)
-            _enter_namespaces()
-            _sys.mount("tmpfs", "/tmp", "tmpfs", _TMPFS_FLAGS, _tmpfs_options(1 << 20))
-        except _NoUserns as exc:
+            steps()
+        except _Refused as exc:
             os.write(write_fd, str(exc).encode())
             code = 1
         except BaseException as exc:
-            os.write(write_fd, f"user namespaces work, but {exc}".encode())
+            os.write(write_fd, f"the namespaces work, but {exc}".encode())
             code = 1
         os._exit(code)
     os.close(write_fd)
@@ -148,6 +294,9 @@ class CapabilitiesLayer:
 
     name = "capabilities"
 
+    def __init__(self) -> None:
+        self._bounding = -1
+
     def apply(self) -> None:
         if not _sys.IS_LINUX:
             raise LayerUnavailable("needs Linux")
@@ -159,9 +308,11 @@ class CapabilitiesLayer:
         left = _sys.effective_capabilities()
         if left:
             raise RuntimeError(f"capabilities {left:#x} are still effective after capset")
+        self._bounding = _sys.capability_mask("CapBnd")
 
     def describe(self) -> str:
-        return "capabilities: none (bounding set empty, no_new_privs)"
+        bounding = "bounding set " + ("empty" if self._bounding == 0 else "kept: no CAP_SETPCAP")
+        return f"capabilities: none ({bounding}, no_new_privs)"
 
 
 def _drop_bounding_set() -> None:
@@ -176,73 +327,6 @@ def _drop_bounding_set() -> None:
                 return  # no CAP_SETPCAP: not root, so nothing to drop that exec could regain
             raise
         cap += 1
-
-
-def _open_path(path: str) -> int:
-    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def _same_dir(path: str, fd: int) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    ref = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
-
-
-def _runtime_dirs_under_tmp() -> list[str]:
-    """The outermost directories under /tmp that Python needs: its prefixes, the stdlib,
-    sys.path entries and the ``client`` package (never a whole checkout)."""
-    import client
-
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                  os.path.dirname(os.__file__), os.path.dirname(client.__file__),
-                  *[p for p in sys.path if p]]
-    project = os.path.dirname(os.path.dirname(os.path.realpath(client.__file__)))
-    found: set[str] = set()
-    for raw in candidates:
-        path = os.path.realpath(raw)
-        if path.startswith("/tmp/") and os.path.isdir(path) and path != project:
-            found.add(path)
-    keep: list[str] = []
-    for path in sorted(found, key=len):
-        if not any(path.startswith(k + "/") for k in keep):
-            keep.append(path)
-    return keep
-
-
-def _reattach(path: str, fd: int) -> None:
-    """Make ``path`` name the directory ``fd`` refers to again (after /tmp was replaced)."""
-    if _same_dir(path, fd):
-        return
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    _sys.mount(f"/proc/self/fd/{fd}", path, None, _sys.MS_BIND)
-
-
-def _bind_read_only(path: str, fd: int) -> None:
-    """Bind ``path`` onto itself and make that mount read-only.
-
-    Flags the new user namespace inherited locked (nosuid, nodev, noexec, the atime mode) must
-    be kept in the remount, or the kernel refuses it.
-    """
-    if _same_dir(path, fd) and not os.path.ismount(path):
-        _sys.mount(f"/proc/self/fd/{fd}", path, None, _sys.MS_BIND)
-    flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY | _TMPFS_FLAGS
-    current = os.statvfs(path).f_flag
-    for st_flag, ms_flag in (
-        (os.ST_NOATIME, _sys.MS_NOATIME),
-        (os.ST_NODIRATIME, _sys.MS_NODIRATIME),
-        (os.ST_RELATIME, _sys.MS_RELATIME),
-    ):
-        if current & st_flag:
-            flags |= ms_flag
-    _sys.mount(None, path, None, flags)
-
-
-def _tmpfs_options(size_bytes: int) -> str:
-    inodes = max(1024, size_bytes // _INODE_BYTES)
-    return f"size={size_bytes},nr_inodes={inodes},mode=0700"
 
 
 def _write(path: str, text: str) -> None:

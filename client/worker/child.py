@@ -17,9 +17,10 @@ fresh child, so one customer's modules, monkeypatches and threads never see anot
 Before answering ``Ready`` the child confines itself with the layers of ``client.sandbox``
 (resource limits, namespaces, no capabilities, Landlock, seccomp): its scratch directory is the
 only place it can write and its code directory (a private copy the parent makes) the only task
-path it can read. It does this while it is still a single thread and before any customer code
-is imported. A failure that the sandbox explains (a denied system call, a full scratch space, a
-file over the size limit, the memory cap) gets a ``sandbox:`` line in the failure reason.
+path it can read; a root worker's child ends up as uid/gid 65534 for real. It does this while it
+is still a single thread and before any customer code is imported. A failure that the sandbox
+explains (a denied system call, a full scratch space, a file over the size limit, the memory
+cap) gets a ``sandbox:`` line in the failure reason.
 """
 
 from __future__ import annotations

@@ -15,7 +15,11 @@ Sandbox: each child gets a private directory with ``work/`` (its scratch: workin
 HOME and TMPDIR, a size-capped tmpfs inside the child when namespaces are available) and
 ``code/``, where the runner puts a copy of the task's code (hard links where possible) before
 the child's first chunk. The child confines itself (``client.sandbox``) before answering
-``Ready``, so the only task files it can ever read are that copy and its scratch. The child's
+``Ready``, so the only task files it can ever read are that copy and its scratch. A root
+worker's child drops to uid 65534 (see ``client.sandbox.namespaces``), so the runner keeps that
+copy readable by every uid whatever the umask or the cache's modes: its directories are 0755,
+and a file others may not read is copied (not linked) and made readable, so the cache's own
+modes never change. The child's
 CPU time is reported with every reply; a child that has used half of its lifetime CPU backstop
 is replaced before its next chunk, so the backstop never cuts an honest chunk short.
 """
@@ -346,6 +350,7 @@ class SlotRunner:
         work = base / "work"
         work.mkdir()
         (base / "code").mkdir()
+        os.chmod(base / "code", 0o755)  # a root worker's child reads it as uid 65534
         log_path = base / "output.log"
         frame_max = self._limits.output_bytes_max + FRAME_SLACK_BYTES
         exited: asyncio.Future[int] = loop.create_future()
@@ -437,6 +442,7 @@ async def _install_code(src: Path, dest: Path) -> None:
             "process(item) or process_chunk(items)",
             retryable=False,
         )
+    as_root = os.geteuid() == 0  # then the child reads the copy as uid 65534
     try:
         await asyncio.to_thread(
             shutil.copytree,
@@ -444,8 +450,10 @@ async def _install_code(src: Path, dest: Path) -> None:
             dest,
             symlinks=True,
             dirs_exist_ok=True,
-            copy_function=_link_or_copy,
+            copy_function=_link_or_copy_readable if as_root else _link_or_copy,
         )
+        if as_root:
+            await asyncio.to_thread(_open_dirs, dest)
     except (OSError, shutil.Error) as exc:
         raise ChunkFailed(
             f"could not give the worker child a copy of the task's code: {exc}", retryable=True
@@ -457,6 +465,22 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst, follow_symlinks=False)
     except OSError:
         shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _link_or_copy_readable(src: str, dst: str) -> None:
+    """Link a file everyone may read; copy any other and make the copy readable."""
+    mode = os.lstat(src).st_mode
+    if mode & 0o004:
+        _link_or_copy(src, dst)
+        return
+    shutil.copy2(src, dst, follow_symlinks=False)
+    os.chmod(dst, (mode & 0o777) | 0o444)
+
+
+def _open_dirs(root: Path) -> None:
+    """Directories of a code copy: 0755 (copytree gave them the cache's modes)."""
+    for path, _, _ in os.walk(root):
+        os.chmod(path, 0o755)
 
 
 def _child_env(work: Path) -> dict[str, str]:

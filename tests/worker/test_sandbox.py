@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,10 @@ from client.worker.runner import RunnerLimits, SandboxRefused, SlotRunner, layer
 from tests.worker.test_runner import Code, enc, fails, run
 
 RLIMIT_ONLY = frozenset(LAYER_NAMES) - {"rlimit"}
+NAMESPACES_ONLY = frozenset(LAYER_NAMES) - {"rlimit", "cpu-cap", "namespaces"}  # no caps layer
+NOBODY = 65534
+SECRET = "tn-root-only-5e1b"
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop is for root workers only")
 
 
 async def test_every_layer_is_active_and_fits_in_the_hello() -> None:
@@ -156,3 +164,120 @@ async def test_per_chunk_overhead_of_the_sandbox(tmp_path: Path) -> None:
         f"all layers {best['all layers']:.0f} us"
     )
     assert best["all layers"] < 1.5 * best["rlimit only"] + 50
+
+
+# ---- a root worker's child drops to uid 65534 ----------------------------------------------
+
+IDS = """
+import os
+
+def process(item):
+    with open("made-here", "w") as f:  # in the scratch directory, the working directory
+        f.write("x")
+    try:
+        os.setuid(0)
+        setuid = "worked"
+    except OSError as exc:
+        setuid = f"{type(exc).__name__} {exc.errno}"
+    return {"resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
+            "scratch": os.getcwd(), "setuid": setuid}
+"""
+
+
+@pytest.fixture
+async def namespaces_only() -> AsyncIterator[SlotRunner]:
+    """A child with the namespaces layer as its only confinement: no capabilities layer, no
+    Landlock, no seccomp (the rlimits confine nothing)."""
+    runner = SlotRunner(RunnerLimits(sandbox_skip=NAMESPACES_ONLY))
+    await runner.start()
+    try:
+        assert layer_names(runner.layers) == ["rlimit", "cpu-cap", "namespaces"]
+        yield runner
+    finally:
+        await runner.close()
+
+
+@pytest.fixture
+def worker_files() -> Iterator[Path]:
+    """A directory every uid may search, outside /tmp (which children never see), holding a
+    root-only 0600 file standing for the worker's token and a 0644 file anyone may read."""
+    path = Path(tempfile.mkdtemp(prefix="tn-uid-", dir="/var/tmp"))
+    try:
+        path.chmod(0o755)
+        (path / "token").write_text(SECRET)
+        (path / "token").chmod(0o600)
+        (path / "public").write_text("public")
+        (path / "public").chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@as_root
+@pytest.mark.parametrize("skip", [frozenset(), NAMESPACES_ONLY], ids=["all layers", "namespaces"])
+async def test_a_root_workers_child_is_uid_65534_inside_and_outside(
+    tmp_path: Path, skip: frozenset[str]
+) -> None:
+    runner = SlotRunner(RunnerLimits(sandbox_skip=skip))
+    try:
+        await runner.start()
+        (out,) = await run(runner, Code(tmp_path, "ids", IDS), [0])
+        assert out["resuid"] == out["resgid"] == [NOBODY] * 3, out
+        assert out["groups"] == [], out
+        assert out["setuid"] == "PermissionError 1", out
+        # From outside: the kernel's view of the child and of the file it wrote in its scratch
+        # (a tmpfs in the child's own mount namespace, reached through /proc/PID/root).
+        status = Path(f"/proc/{runner.pid}/status").read_text()
+        assert f"Uid:\t{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}\n" in status, status
+        assert f"Gid:\t{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}\n" in status, status
+        made = os.stat(f"/proc/{runner.pid}/root{out['scratch']}/made-here")
+        assert (made.st_uid, made.st_gid) == (NOBODY, NOBODY)
+        namespaces = next(line for line in runner.layers if line.startswith("namespaces:"))
+        assert f"uid {NOBODY} (uid {NOBODY} outside, dropped from root)" in namespaces
+    finally:
+        await runner.close()
+
+
+@as_root
+async def test_with_namespaces_alone_a_root_only_file_stays_closed(
+    namespaces_only: SlotRunner, tmp_path: Path, worker_files: Path
+) -> None:
+    code = Code(tmp_path, "peek", "def process(path):\n    return open(path).read()\n")
+    # The directory is reachable, so only the file's mode (root, 0600) stops the second read.
+    assert await run(namespaces_only, code, [str(worker_files / "public")]) == ["public"]
+    err = await fails(namespaces_only, code, [str(worker_files / "token")])
+    assert "PermissionError: [Errno 13] Permission denied" in err.reason, err.reason
+    assert SECRET not in err.reason
+    assert await run(namespaces_only, code, [str(worker_files / "public")]) == ["public"]
+
+
+@as_root
+async def test_a_root_workers_child_reads_code_the_cache_keeps_private(tmp_path: Path) -> None:
+    """Code extracted under a umask of 077 (files 0600, directories 0700) still runs as uid
+    65534: the slot's copy is made readable, and the cache's own modes are left alone."""
+    code = Code(
+        tmp_path,
+        "private",
+        """
+        import pathlib
+        import helper
+        def process(item):
+            return helper.VALUE + (pathlib.Path(__file__).parent / "data" / "x.txt").read_text()
+        """,
+        helper="VALUE = 'helper+'\n",
+    )
+    (code.dir / "data").mkdir()
+    (code.dir / "data" / "x.txt").write_text("data")
+    for path in [code.dir, code.dir / "data"]:
+        path.chmod(0o700)
+    files = [code.dir / "main.py", code.dir / "helper.py", code.dir / "data" / "x.txt"]
+    for path in files:
+        path.chmod(0o600)
+    runner = SlotRunner(RunnerLimits())
+    try:
+        await runner.start()
+        assert await run(runner, code, [0]) == ["helper+data"]
+    finally:
+        await runner.close()
+    assert [p.stat().st_mode & 0o777 for p in files] == [0o600] * 3
+    assert (code.dir / "data").stat().st_mode & 0o777 == 0o700
