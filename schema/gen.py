@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -46,11 +47,22 @@ DOCUMENTS: dict[str, Any] = {
 }
 
 
+def _clean(node: Any) -> Any:
+    """Descriptions dedented the same whichever msgspec made them (0.23 dedents docstrings
+    itself, older versions keep their indentation)."""
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str)
+                else _clean(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
 def render() -> dict[str, str]:
     out = {}
     for name, tp in DOCUMENTS.items():
         doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": name,
-               **msgspec.json.schema(tp)}
+               **_clean(msgspec.json.schema(tp))}
         if name.startswith(("worker", "coordinator")):
             doc["description"] = (
                 f"Protocol {worker.PROTOCOL_VERSION}. Sent as MessagePack in binary frames; "
