@@ -365,6 +365,7 @@ class RecordedSim(Sim):
 
         super().handle(stamped)
         self.journal.record(self.core, seen[0], self.uncommitted[-1])
+        self.journal.maybe_flush(self.now)  # as the runtime does after each turn
 
     def run_to_end(self) -> bytes:
         self.run()
