@@ -187,8 +187,12 @@ def record(sc: Scenario, out: Path, work: Path) -> Recording:
         header = next(iter(read_segment(seg)))
         assert isinstance(header, Header)
         shutil.copyfile(seg, out / f"seg{n}-e{header.epoch}.tnj")
-    logs = sorted((coord.data_dir / "sessions").glob(f"*-worker-{facts['session_worker']}.jsonl"))
-    shutil.copyfile(logs[0], out / f"session-{facts['session_worker']}.jsonl")
+    # the worker's last session: after a coordinator crash, the one that finished the task
+    # (the killed boot's logs lose their last second, which may be all of them)
+    logs = sorted((coord.data_dir / "sessions").glob(f"*-worker-{facts['session_worker']}.jsonl"),
+                  key=lambda p: (p.stat().st_mtime, p.name))
+    assert logs[-1].stat().st_size > 0, f"{logs[-1]} is empty"
+    shutil.copyfile(logs[-1], out / f"session-{facts['session_worker']}.jsonl")
     (out / "scenario.json").write_text(json.dumps({
         "scenario": sc.name, "about": sc.about, "recorded": time.strftime("%Y-%m-%d"),
         "settings": SETTINGS, "task": {"code": sc.code, "items": sc.items, "spec": sc.spec},
