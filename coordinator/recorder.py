@@ -21,7 +21,9 @@ coordinator's), as you would any pickle.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
+import logging
 import os
 import pickle
 import time
@@ -35,6 +37,7 @@ from coordinator.core import effects as fx
 from coordinator.core.core import Core
 from coordinator.core.events import AnyEvent, Event
 
+log = logging.getLogger("tn.recorder")
 JOURNAL_VERSION = 2  # 2: bytes fields of effects recorded as their length
 
 
@@ -140,7 +143,7 @@ class Journal:
             n += 1
             path = self.root / f"{name}-{n}.tnj"
         self.path = path
-        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (kept open; we buffer)
+        self._file = open(path, "wb")  # noqa: SIM115 (kept open)
         self._written = 0
         self._append(Header(JOURNAL_VERSION, core.epoch, now_ms,
                             pickle.dumps(core, protocol=5)))
@@ -171,12 +174,28 @@ class Journal:
                     fold(e) if type(e) in folded else e for e in effects]))
             self._pending.clear()
         if self._file is not None and self._buffer:
-            self._file.write(self._buffer)
+            try:  # a buffered file writes all or raises: never a torn record mid-segment
+                self._file.write(self._buffer)
+                self._file.flush()
+            except OSError as exc:  # disk full, file too large: serving matters more
+                log.error("journal: writing %s failed (%s); recording stops until the "
+                          "coordinator restarts: free disk space or lower "
+                          "TN_JOURNAL_BYTES_MAX", self.path, exc)
+                self._stop()
             self._buffer.clear()
+
+    def _stop(self) -> None:
+        """Stop recording after a failed write: the segment ends at its last whole record."""
+        file, self._file = self._file, None
+        self._pending.clear()
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def close(self) -> None:
         if self._file is not None:
             self.flush()
+        if self._file is not None:  # (a failed flush has closed it)
             self._file.close()
             self._file = None
         self._pending.clear()

@@ -348,9 +348,10 @@ class RecordedSim(Sim):
     a new segment per crash (each boot starts from its restored state) and small segments so
     rotation happens too."""
 
-    def __init__(self, seed: int, root: Path) -> None:
+    def __init__(self, seed: int, root: Path, flush_ms: int = 0) -> None:
         super().__init__(seed, Params(chaos_ms=15_000, drain_ms=15_000))
-        self.journal = Journal(root, segment_bytes=32_000, bytes_max=1 << 30)
+        self.journal = Journal(root, segment_bytes=32_000, bytes_max=1 << 30,
+                               flush_ms=flush_ms)
         self.recorded_core: Core | None = None
 
     def handle(self, build: Build) -> None:
@@ -376,10 +377,14 @@ class RecordedSim(Sim):
 SIM_SEED = 4  # two coordinator crashes in its chaos phase
 
 
-def test_a_simulated_run_recorded_in_a_journal_replays_identically(tmp_path: Path) -> None:
-    sim = RecordedSim(SIM_SEED, tmp_path / "a")
+@pytest.mark.parametrize("flush_ms", [0, 1000], ids=["every-event", "batched"])
+def test_a_simulated_run_recorded_in_a_journal_replays_identically(tmp_path: Path,
+                                                                   flush_ms: int) -> None:
+    """Flushed after every event, or (as the coordinator does) many events encoded together
+    and segments rotated only at a flush: either way each segment replays on its own."""
+    sim = RecordedSim(SIM_SEED, tmp_path / "a", flush_ms)
     first = sim.run_to_end()
-    second = RecordedSim(SIM_SEED, tmp_path / "b").run_to_end()
+    second = RecordedSim(SIM_SEED, tmp_path / "b", flush_ms).run_to_end()
     assert first == second, "the same seed must write the same journal"
     assert sim.stats.crashes >= 1
     report = replayed(tmp_path / "a")
@@ -388,6 +393,42 @@ def test_a_simulated_run_recorded_in_a_journal_replays_identically(tmp_path: Pat
     assert report.segments > sim.stats.crashes + 1  # rotated within a boot, too
     for seg in replay.segments(tmp_path / "a"):  # each rotated or rebooted segment alone
         assert replayed(seg).divergence is None
+
+
+class _DiskFull:
+    """A journal file whose writes fail as on a full disk."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class DiskFullSim(RecordedSim):
+    """Its journal's disk fills up after 200 events."""
+
+    def handle(self, build: Build) -> None:
+        if self.stats.steps == 200:
+            self.journal._file = _DiskFull(self.journal._file)
+        super().handle(build)
+
+
+def test_a_failed_journal_write_stops_recording_and_keeps_whole_records(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Disk full: the coordinator goes on (nothing raises), the log says what to do, and the
+    segment ends at its last whole record, which replays."""
+    sim = DiskFullSim(SIM_SEED, tmp_path)
+    sim.run_to_end()
+    assert "No space left on device" in caplog.text and "TN_JOURNAL_BYTES_MAX" in caplog.text
+    report = replayed(tmp_path)
+    assert report.divergence is None, report.divergence
+    assert report.events == 200 < sim.stats.steps  # flushed after each event until then
 
 
 def test_sim_journal_replay_catches_a_changed_core(tmp_path: Path,
