@@ -34,7 +34,7 @@ class Config:
     live_queue_max: int = 256  # outbound frames buffered per live subscriber; then dropped
     live_flush_ms: int = 100  # live updates are coalesced to at most one per this period
     # rate limits and session caps (coordinator/limits.py); a rate of 0 turns it off
-    rest_requests_per_s: int = 100  # per token; per account for a browser; per address if none
+    rest_requests_per_s: int = 100  # per account (tokens and browsers); per address if none
     rest_requests_burst: int = 400  # requests at once above the rate; past it 429 + Retry-After
     rest_keys_max: int = 100_000  # callers tracked; the least recently seen is forgotten
     worker_messages_per_s: int = 10_000  # per worker session; past it its socket is read slower

@@ -15,7 +15,8 @@ table forget one that was still in debt.
 The clock is injected (``time.monotonic`` by default) so tests drive it by hand.
 
 ``RestRateLimit`` is the ASGI middleware that applies a ``KeyedBuckets`` to REST requests:
-per token, per account for a browser's sign-in cookie, per client address otherwise.
+per account (whether it calls with tokens or a browser's sign-in cookie: a new token buys
+no fresh budget), per client address otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from coordinator.accounts import Accounts, hash_token
+from coordinator.accounts import Accounts
 from coordinator.config import Config
 from coordinator.http_auth import SESSION_COOKIE, bearer_token, error_response
 
@@ -124,15 +125,16 @@ class RestLimits:
         self.accounts: Accounts | None = None
 
     async def key(self, conn: HTTPConnection) -> tuple[str, str]:
-        """(bucket key, who it is for the message): a valid bearer token's hash, a valid
-        sign-in cookie's account, or else the client's address. A made-up or revoked token
-        is charged to the address, so inventing tokens does not buy fresh buckets. Known
-        tokens and sessions are answered from the accounts' memory, not the database."""
+        """(bucket key, who it is for the message): the account of a valid bearer token or
+        sign-in cookie, or else the client's address. An account's tokens share its budget
+        (any account may make many), and a made-up or revoked token is charged to the
+        address, so inventing tokens buys no fresh budget either. Known tokens and sessions
+        are answered from the accounts' memory, not the database."""
         accounts = self.accounts
         token = bearer_token(conn.headers)
         if accounts is not None and token is not None:
-            if await accounts.authenticate(token) is not None:
-                return "token:" + hash_token(token), "token"
+            if (account := await accounts.authenticate(token)) is not None:
+                return "account:" + account.id, "account"
         elif accounts is not None and (sid := conn.cookies.get(SESSION_COOKIE)):
             web = await accounts.web_session(sid)
             if web is not None:

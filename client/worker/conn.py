@@ -305,11 +305,20 @@ class Worker:
             f"{base.rstrip('/')}/api/tasks/{task_id}/code",
             headers={"Authorization": f"Bearer {self.opts.token}"},
         )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                data = resp.read(UploadLimits().code_bytes_max + 1)
-        except (urllib.error.URLError, OSError) as exc:
-            raise CodeFetchError(f"could not download the task's code: {exc}") from None
+        for attempt in range(1, CODE_FETCH_TRIES + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    data = resp.read(UploadLimits().code_bytes_max + 1)
+                break
+            except urllib.error.HTTPError as exc:
+                # over the coordinator's rate limit (429) or busy (503): wait as told and
+                # try again, rather than fail the chunk (a failure counts an attempt)
+                if exc.code not in (429, 503) or attempt == CODE_FETCH_TRIES:
+                    raise CodeFetchError(f"could not download the task's code: {exc}") from None
+                wait = exc.headers.get("Retry-After", "1")
+                time.sleep(min(CODE_FETCH_WAIT_MAX_S, float(wait) if wait.isdigit() else 1.0))
+            except (urllib.error.URLError, OSError) as exc:
+                raise CodeFetchError(f"could not download the task's code: {exc}") from None
         tmp = dest.with_name(dest.name + f".tmp{random.randrange(1 << 30)}")
         try:
             extract_code_zip(data, tmp, UploadLimits())
@@ -319,6 +328,10 @@ class Worker:
         except OSError:
             if not (dest / "main.py").is_file():
                 raise
+
+
+CODE_FETCH_TRIES = 5  # a task's code is fetched at most this often while refused with 429
+CODE_FETCH_WAIT_MAX_S = 10.0  # the longest wait a Retry-After may ask for between tries
 
 
 class CodeFetchError(Exception):

@@ -101,9 +101,9 @@ def test_limits_come_from_the_environment_and_the_refusal_names_them() -> None:
     assert (config.rest_requests_per_s, config.rest_requests_burst) == (2, 7)
     assert config.worker_sessions_per_account_max == 3
     assert config.live_messages_per_s == 1
-    text = RestLimits(config).refusal_text(1.5, "token")
+    text = RestLimits(config).refusal_text(1.5, "account")
     assert text.startswith("slow down; retry after 2 s; the limit is TN_REST_REQUESTS_PER_S=2")
-    assert "TN_REST_REQUESTS_BURST=7" in text and text.endswith("per token")
+    assert "TN_REST_REQUESTS_BURST=7" in text and text.endswith("per account")
 
 
 def test_defaults_leave_room_for_the_test_suite_and_a_swarm() -> None:

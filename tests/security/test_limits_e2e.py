@@ -1,7 +1,7 @@
 """Rate limits and session caps against real coordinator processes started with tight limits.
 
-REST: 429 with ``Retry-After`` and a body naming the setting, per token (per account for a
-browser, per address without valid credentials), and back to 200 after a wait. Worker
+REST: 429 with ``Retry-After`` and a body naming the setting, per account (its tokens and
+browsers together; per address without valid credentials), and back to 200 after a wait. Worker
 sessions over their message rate are read slower and lose nothing; too many sessions per
 account, or live sessions, get a 1008 close naming the cap; a live session flooding
 subscribes gets an error, then 1008; revoking a token closes what it opened.
@@ -86,18 +86,22 @@ def sign_in(coord: Coordinator, name: str) -> str:
         return str(resp.headers["Set-Cookie"].split(";", 1)[0])
 
 
-def test_rest_over_the_rate_gets_429_per_token_and_recovers(cluster: Cluster) -> None:
+def test_rest_over_the_rate_gets_429_per_account_and_recovers(cluster: Cluster) -> None:
     coord = cluster.coordinator(REST_TIGHT)
+    second = coord.api().ok("POST", "/api/tokens", 201, body=b'{"label": "second"}',
+                            content_type="application/json")["token"]
     served, refused = until_refused(lambda: get(coord, "/api/tasks", coord.customer_token))
-    assert served >= 20  # the burst
+    assert served >= 19  # the burst, less the request that made the second token
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["content-type"] == "application/json"
     assert refused.error.startswith(f"slow down; retry after {refused.headers['retry-after']} s;")
     assert "TN_REST_REQUESTS_PER_S=1" in refused.error
-    assert "TN_REST_REQUESTS_BURST=20" in refused.error and refused.error.endswith("per token")
+    assert "TN_REST_REQUESTS_BURST=20" in refused.error and refused.error.endswith("per account")
     assert refused.headers["x-content-type-options"] == "nosniff"  # still a normal response
+    # another token of the same account buys no fresh budget
+    assert get(coord, "/api/tasks", second).status == 429
 
-    # other tokens and anonymous callers have budgets of their own
+    # other accounts and anonymous callers have budgets of their own
     assert get(coord, "/api/tasks", coord.admin_token).status == 200
     assert get(coord, "/api/wallet", coord.worker_token).status == 200
     assert get(coord, "/healthz").status == 200
@@ -127,7 +131,8 @@ def test_rest_browser_sessions_share_their_account_budget(cluster: Cluster) -> N
     served, _ = until_refused(lambda: get(coord, "/api/wallet", cookie=second))
     assert served < 10  # a second sign-in of the same account: the same budget
     assert get(coord, "/api/wallet", cookie=sign_in(coord, "demo-admin")).status == 200
-    assert get(coord, "/api/wallet", coord.customer_token).status == 200  # a token: its own
+    # the account's tokens share the budget of its browsers
+    assert get(coord, "/api/wallet", coord.customer_token).status == 429
 
 
 # ---- worker sessions: backpressure ---------------------------------------------------------
@@ -166,6 +171,29 @@ def test_real_worker_completes_under_a_low_message_rate(cluster: Cluster) -> Non
     assert api.results(created["id"]) == [{"n": i, "square": i * i} for i in range(12)]
     assert THROTTLED + "4" in coord.log()
     assert worker.connections() == 1  # slowed down, never dropped
+
+
+def test_a_worker_over_the_rest_rate_waits_for_the_code_instead_of_failing(
+        cluster: Cluster) -> None:
+    """The worker's account has spent its REST budget when a task arrives: its code fetch
+    gets 429 and waits out Retry-After, and no chunk counts a failed attempt."""
+    coord = cluster.coordinator({**FAST_ENV, "TN_REST_REQUESTS_PER_S": "1",
+                                 "TN_REST_REQUESTS_BURST": "5"})
+    worker = cluster.worker(coord, "rated-1", slots=2)
+    api = coord.api()
+    until_refused(lambda: get(coord, "/api/wallet", coord.worker_token))
+    created = api.submit(ECHO, list(range(4)), {"chunk_size": 1})
+
+    def task() -> Reply:  # the customer's polling has a budget of 1 a second too
+        return get(coord, f"/api/tasks/{created['id']}", coord.customer_token)
+
+    done = wait_until(task, 120, "the task to complete", interval_s=1.5, watch=(coord, worker),
+                      ready=lambda r: r.status == 200 and json.loads(r.body)["state"] != "running")
+    assert json.loads(done.body)["state"] == "completed", done.body
+    chunks = wait_until(lambda: get(coord, f"/api/tasks/{created['id']}/chunks",
+                                    coord.customer_token), 30, "the chunk list",
+                        interval_s=1.5, ready=lambda r: r.status == 200)
+    assert [c["attempts"] for c in json.loads(chunks.body)["chunks"]] == [1, 1, 1, 1]
 
 
 # ---- session caps ------------------------------------------------------------------------
