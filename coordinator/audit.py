@@ -100,8 +100,8 @@ class AuditLog:
                 detail["suppressed"] = suppressed
         name = actor.name if actor is not None else (actor_name or "")
         now = int(time.time() * 1000)
-        row = (now, actor.id if actor is not None else None, name[:TEXT_CHARS_MAX], action,
-               target[:TEXT_CHARS_MAX], msgspec.json.encode(_cut(detail)).decode(), ip,
+        row = (now, actor.id if actor is not None else None, _text(name), action,
+               _text(target), msgspec.json.encode(_cut(detail)).decode(), ip,
                "ok" if ok else "refused")
         statements: list[tuple[str, tuple[Any, ...]]] = [(_INSERT, row)]
         self._since_trim += 1
@@ -164,6 +164,15 @@ class AuditLog:
                            r[7], r[8]) for r in rows]
 
 
+def _text(value: str) -> str:
+    """Cut to ``TEXT_CHARS_MAX``, control characters escaped: a caller chooses the path or
+    label an admin later reads in a terminal, so it must not carry escape sequences."""
+    value = value[:TEXT_CHARS_MAX]
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
 def _cut(detail: dict[str, Any]) -> dict[str, Any]:
-    """Long strings (a label, an error message) cut to ``TEXT_CHARS_MAX``."""
-    return {k: v[:TEXT_CHARS_MAX] if isinstance(v, str) else v for k, v in detail.items()}
+    """Strings (a label, an error message) as ``_text`` makes them."""
+    return {k: _text(v) if isinstance(v, str) else v for k, v in detail.items()}

@@ -96,9 +96,15 @@ class TaskApi:
 
     async def create(self, request: Request) -> Response:
         account = await authenticate(request, self.accounts, "customer")
-        length = whole_number(request.headers.get("content-length"))
-        if length is None:
+        raw_length = request.headers.get("content-length")
+        length = whole_number(raw_length)
+        if raw_length is None:
             raise ApiError(411, "send the upload with a Content-Length header")
+        if length is None:
+            raise ApiError(413 if raw_length.isascii() and raw_length.isdigit() else 400,
+                           f"Content-Length {raw_length[:40]!r} is not a size this server "
+                           f"takes; the limit is {self.config.request_bytes_max} bytes "
+                           "(TN_REQUEST_BYTES_MAX)")
         if length > self.config.request_bytes_max:
             raise ApiError(413, f"the upload is {length} bytes; the limit is "
                                 f"{self.config.request_bytes_max} (TN_REQUEST_BYTES_MAX)")

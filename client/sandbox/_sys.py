@@ -14,7 +14,6 @@ IS_LINUX = sys.platform.startswith("linux")
 
 # prctl options (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
-PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_GET_SECCOMP = 21

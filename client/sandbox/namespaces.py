@@ -236,8 +236,8 @@ def _drop_problem(config: SandboxConfig) -> str | None:
         st = os.stat(path)
         if not allows(st, NOBODY, READ_SEARCH):
             return (
-                f"uid {NOBODY} may not read {path} (mode {st.st_mode & 0o7777:04o}, "
-                f"owner {st.st_uid}:{st.st_gid})"
+                f"uid {NOBODY} may not read {path} (mode {st.st_mode & 0o7777:04o}); "
+                f"chmod o+rx it or run tn-worker as another user"
             )
     if "/" in _covers(config):
         return f"uid {NOBODY} may not search /"

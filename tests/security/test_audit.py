@@ -143,6 +143,20 @@ def test_the_audit_log_is_for_admins_only(acted: Acted) -> None:
     assert cli.returncode == 1 and "admin" in cli.stderr, cli
 
 
+def test_a_refused_path_cannot_drive_the_admins_terminal(acted: Acted) -> None:
+    """The audited target is the path a caller chose: its control characters are escaped,
+    in the table and again by ``tn audit`` (a title-setting sequence here)."""
+    coord = acted.coord
+    resp = coord.api(coord.worker_token).call("POST", "/api/admin/withdrawals/%1b%5b2J/approve")
+    assert resp.status == 403
+    rows = audit(acted.admin, "?action=access.forbidden&actor=demo-worker")
+    targets = [r["target"] for r in rows]
+    assert any("\\x1b[2J" in t for t in targets), targets
+    assert not any("\x1b" in t for t in targets), targets
+    cli = tn(coord, coord.admin_token, "audit", "--action", "access.forbidden")
+    assert cli.returncode == 0 and "\x1b" not in cli.stdout and "\\x1b[2J" in cli.stdout, cli
+
+
 def test_paging_filters_and_bad_parameters(acted: Acted) -> None:
     coord, admin = acted.coord, acted.admin
     worker = coord.api(coord.worker_token)
