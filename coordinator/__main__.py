@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import uvicorn
 
-from coordinator.accounts import ROLES, Accounts, hash_token, token_id
+from coordinator.accounts import ROLES, Account, Accounts, hash_token, token_id, utc_text
 from coordinator.app import create_app
 from coordinator.audit import AuditLog
 from coordinator.config import Config, from_env
@@ -104,12 +104,7 @@ async def _user(config: Config, args: argparse.Namespace, password: str) -> int:
             await _audit(accounts, "account.create", account.name, {"role": account.role})
             print(f"created {account.role} {account.name} ({account.id})")
             if args.token:
-                token = await accounts.issue_token(account, "user add")
-                await accounts.audit.record(
-                    "token.create", None, actor_name="console",
-                    target=token_id(hash_token(token)),
-                    detail={"account": account.name, "label": "user add", **_os_user()})
-                print(f"token: {token}")
+                await _user_token(config, accounts, account)
         elif account is None:
             raise ValueError(f"no account named {args.name!r}")
         if password:
@@ -119,6 +114,26 @@ async def _user(config: Config, args: argparse.Namespace, password: str) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def _user_token(config: Config, accounts: Accounts, account: Account) -> None:
+    """``user add --token``: a token with the default lifetime (TN_TOKEN_LIFETIME_MAX_S), the
+    same as ``tn token create`` without ``--expires`` gets."""
+    most_s = config.token_lifetime_max_s
+    token = await accounts.issue_token(account, "user add", most_s * 1000 if most_s > 0 else None)
+    row = await accounts.find_token(token_id(hash_token(token)), account.id)
+    assert row is not None, "a committed token is found by its id"
+    await accounts.audit.record(
+        "token.create", None, actor_name="console", target=row.id,
+        detail={"account": account.name, "label": "user add", "expires_ms": row.expires_ms,
+                **_os_user()})
+    print(f"token: {token}")
+    if row.expires_ms is None:
+        print("the token never expires (TN_TOKEN_LIFETIME_MAX_S=0); revoke it with "
+              f"`tn token revoke {row.id}` when no longer needed")
+    else:
+        print(f"the token expires at {utc_text(row.expires_ms)} "
+              f"(TN_TOKEN_LIFETIME_MAX_S={most_s}); create the next with `tn token create`")
 
 
 async def _audit(accounts: Accounts, action: str, name: str, detail: dict[str, str]) -> None:

@@ -7,6 +7,14 @@ revocations and the audit log without revealing anything that would let it be us
 token whose id would clash with an existing one is drawn again, so ids are unique.
 Revoking drops the token from the cache at once, ends the browser sessions signed in with
 it, and calls ``on_revoked`` (the socket layers close what the token opened).
+
+Nothing lasts longer than the token it rests on: ``credential`` gives a token's expiry with
+its account, a browser session signed in with a token ends when the token expires, and the
+socket layers close what a token opened when it expires. Revocations are also remembered in
+memory (the latest ``REVOKED_REMEMBERED_MAX``): a check that read the database while a
+revocation was being made may have read the row as it was before, so what was read is refused
+if memory says revoked, and a socket registered after such a check looks again
+(``revoked_at``).
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import hashlib
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import anyio
 
 from coordinator.audit import AuditLog
+from coordinator.passwords import DUMMY_HASH, PASSWORD_CHARS_MAX, check_password, hash_password
 from coordinator.store.sqlite import SqliteStore
 
 Role = Literal["customer", "worker", "admin"]
@@ -48,6 +58,8 @@ TOKEN_ID_HEX = 12  # hex digits of the hash in a token's public id
 TOKEN_ID = re.compile(r"tk_[0-9a-f]{12}")
 TOKENS_CACHED_MAX = 10_000  # valid tokens remembered in memory (the rest: one query)
 TOKENS_LISTED_MAX = 500  # a listing shows live tokens first, then the newest others
+TOKEN_CHECK_REST = "check --token or TN_TOKEN (the header is 'Authorization: Bearer <token>')"
+REVOKED_REMEMBERED_MAX = 10_000  # latest revocations kept in memory (see the notes above)
 
 
 def token_id(digest: str) -> str:
@@ -77,24 +89,37 @@ class TokenRow:
         return "expired" if self.expires_ms is not None and self.expires_ms <= now_ms else "active"
 
 
-def _utc(ms: int) -> str:
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A token that authenticates: its account, its hash, and when it expires (None: never)."""
+
+    account: Account
+    token_hash: str
+    expires_ms: int | None
+
+
+def utc_text(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def expired_reason(at_ms: int) -> str:
+    """Why a session opened with a token is closed when the token expires."""
+    return f"token expired at {utc_text(at_ms)}; get a new token (tn token create)"
+
+
+def revoked_reason(at_ms: int) -> str:
+    """Why a session opened with a token is closed when the token turns out revoked."""
+    return f"token revoked at {utc_text(at_ms)}; get a new token (tn token create)"
 
 
 # ---- passwords and browser sessions (the dashboard's sign-in) ----------------------------
 #
-# Passwords are hashed with scrypt (memory-hard: n=2**15, r=8 takes 32 MiB and ~50-100 ms
-# per try), a random 16-byte salt per account, stored as ``scrypt$n$r$p$salt$hash`` so the
-# parameters can grow without invalidating old hashes. Browser sessions are random 256-bit
-# ids kept, like tokens, only as SHA-256 hashes; each has its own CSRF token.
+# Passwords: see coordinator/passwords.py. Browser sessions are random 256-bit ids kept, like
+# tokens, only as SHA-256 hashes; each has its own CSRF token.
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
-SCRYPT_MAXMEM_BYTES = 64 << 20
-PASSWORD_CHARS_MAX = 1024
 SCRYPT_CONCURRENT_MAX = 2  # hashes at once (2 x 32 MiB), whatever the sign-in rate
-WEB_SESSION_MS = 12 * 3600 * 1000  # a browser sign-in lasts this long
+WEB_SESSION_MS = 12 * 3600 * 1000  # a browser sign-in lasts this long (or to its token's end)
 WEB_SESSIONS_CACHED_MAX = 10_000  # sessions remembered in memory (the rest: one query)
-_DUMMY_HASH = "scrypt$32768$8$1$" + "00" * 16 + "$" + "00" * 32  # unknown names cost the same
 
 AUTH_TABLES = (
     "CREATE TABLE IF NOT EXISTS passwords (account_id TEXT PRIMARY KEY"
@@ -103,35 +128,21 @@ AUTH_TABLES = (
     " REFERENCES accounts(id), csrf TEXT NOT NULL, created_ms INTEGER NOT NULL,"
     " expires_ms INTEGER NOT NULL, token_hash TEXT)",
 )
-
-
-def hash_password(password: str, salt: bytes | None = None, n: int = SCRYPT_N,
-                  r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
-    """Slow on purpose (run it in a thread); the result embeds its salt and parameters."""
-    salt = secrets.token_bytes(16) if salt is None else salt
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p,
-                            maxmem=SCRYPT_MAXMEM_BYTES, dklen=32)
-    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    """Does ``password`` match a ``hash_password`` result? Constant-time compare."""
-    try:
-        kind, n, r, p, salt, digest = stored.split("$")
-        if kind != "scrypt":
-            return False
-        again = hash_password(password, bytes.fromhex(salt), int(n), int(r), int(p))
-    except ValueError:
-        return False
-    return secrets.compare_digest(again.rsplit("$", 1)[1], digest)
+# a browser session, unless signed in with a token revoked by then (checked in the same
+# write transaction, so a revocation just committed is not undone by a late insert)
+_INSERT_WEB_SESSION = (
+    "INSERT INTO web_sessions (hash, account_id, csrf, created_ms, expires_ms, token_hash)"
+    " SELECT ?,?,?,?,?,? WHERE NOT EXISTS"
+    " (SELECT 1 FROM tokens WHERE hash = ? AND revoked_ms IS NOT NULL)")
 
 
 @dataclass(frozen=True, slots=True)
 class WebSession:
     account: Account
     csrf: str
-    expires_ms: int
+    expires_ms: int  # the sooner of the sign-in's end and its token's expiry
     token_hash: str | None = None  # signed in with this API token: its revocation ends it
+    token_expires_ms: int | None = None  # that token's expiry (None: never, or no token)
 
 
 class AccountsAuth:
@@ -140,6 +151,7 @@ class AccountsAuth:
     store: SqliteStore
     audit: AuditLog
     _web: dict[str, WebSession]
+    _recent_revoked: OrderedDict[str, int]  # token hash -> revoked_ms (see Accounts)
     _scrypt: anyio.CapacityLimiter | None = None
     # bumped by every revocation and sign-out: a lookup that read the database before one
     # does not cache what it read (it may be what was just revoked)
@@ -186,23 +198,33 @@ class AccountsAuth:
         row = await self.store.one(
             "SELECT a.id, a.name, a.role, p.hash FROM accounts a"
             " JOIN passwords p ON p.account_id = a.id WHERE a.name = ?", (name,))
-        stored = row[3] if row else _DUMMY_HASH
+        stored = row[3] if row else DUMMY_HASH
         ok = await anyio.to_thread.run_sync(check_password, password, stored,
                                             limiter=self._scrypt_limiter())
         return Account(row[0], row[1], row[2]) if ok and row else None
 
-    async def start_web_session(self, account: Account, token_hash: str | None = None
-                                ) -> tuple[str, WebSession]:
-        """A new browser session; ``token_hash``: the API token it was signed in with."""
+    async def start_web_session(self, account: Account, token: Credential | None = None
+                                ) -> tuple[str, WebSession] | None:
+        """A new browser session, ending by ``token``'s expiry if signed in with a token;
+        None if that token was revoked before the session could be stored."""
         sid = secrets.token_urlsafe(32)
         now = int(time.time() * 1000)
-        web = WebSession(account, secrets.token_urlsafe(32), now + WEB_SESSION_MS, token_hash)
+        expires_ms = now + WEB_SESSION_MS
+        token_hash = token_expires_ms = None
+        if token is not None:
+            token_hash, token_expires_ms = token.token_hash, token.expires_ms
+            expires_ms = min(expires_ms, token_expires_ms or expires_ms)
+        web = WebSession(account, secrets.token_urlsafe(32), expires_ms, token_hash,
+                         token_expires_ms)
         await self.store.transaction([
             ("DELETE FROM web_sessions WHERE expires_ms <= ?", (now,)),
-            ("INSERT INTO web_sessions (hash, account_id, csrf, created_ms, expires_ms,"
-             " token_hash) VALUES (?,?,?,?,?,?)", (hash_token(sid), account.id, web.csrf, now,
-                                                  web.expires_ms, token_hash)),
+            (_INSERT_WEB_SESSION, (hash_token(sid), account.id, web.csrf, now, expires_ms,
+                                   token_hash, token_hash)),
         ])
+        # a revocation committed before the insert (which then did nothing) was remembered
+        # before the write lock passed to it; one committed after deletes the session
+        if token_hash is not None and token_hash in self._recent_revoked:
+            return None
         return sid, web
 
     async def web_session(self, sid: str) -> WebSession | None:
@@ -213,12 +235,13 @@ class AccountsAuth:
         if web is None:
             ended = self._ended
             row = await self.store.one(
-                "SELECT a.id, a.name, a.role, s.csrf, s.expires_ms, s.token_hash"
-                " FROM web_sessions s JOIN accounts a ON a.id = s.account_id WHERE s.hash = ?",
-                (digest,))
-            if row is None:
+                "SELECT a.id, a.name, a.role, s.csrf, s.expires_ms, s.token_hash, t.expires_ms"
+                " FROM web_sessions s JOIN accounts a ON a.id = s.account_id"
+                " LEFT JOIN tokens t ON t.hash = s.token_hash WHERE s.hash = ?", (digest,))
+            if row is None or row[5] in self._recent_revoked:  # see the module's notes
                 return None
-            web = WebSession(Account(row[0], row[1], row[2]), row[3], row[4], row[5])
+            ends = row[4] if row[6] is None else min(row[4], row[6])
+            web = WebSession(Account(row[0], row[1], row[2]), row[3], ends, row[5], row[6])
             if len(self._web) >= WEB_SESSIONS_CACHED_MAX:
                 self._web.clear()
             if ended == self._ended:
@@ -240,7 +263,8 @@ class Accounts(AccountsAuth):
         self.store = store
         self.audit = AuditLog(store) if audit is None else audit
         self._web = {}  # browser sessions by hash (see AccountsAuth)
-        self._by_hash: dict[str, tuple[Account, int | None]] = {}
+        self._by_hash: dict[str, Credential] = {}
+        self._recent_revoked = OrderedDict()  # the latest revocations: hash -> revoked_ms
         self._issuing = anyio.Lock()  # token creation: the per-account limit holds exactly
         # called after an account is created (the app grants sandbox starting credit)
         self.on_created: Callable[[Account], Awaitable[None]] | None = None
@@ -269,13 +293,17 @@ class Accounts(AccountsAuth):
         return Account(row[0], row[1], row[2]) if row else None
 
     async def issue_token(self, account: Account, label: str = "",
-                          lifetime_ms: int | None = None, live_max: int | None = None) -> str:
+                          lifetime_ms: int | None = None, live_max: int | None = None,
+                          expires_by_ms: int | None = None) -> str:
         """A new token for ``account`` (shown to the caller once, never stored), expiring
-        after ``lifetime_ms`` (None: never). With ``live_max``, refused (``TooManyTokens``)
-        while the account has that many live."""
+        after ``lifetime_ms`` (None: never) but no later than ``expires_by_ms`` (None: no
+        bound). With ``live_max``, refused (``TooManyTokens``) while the account has that
+        many live."""
         async with self._issuing:
             now = int(time.time() * 1000)
             expires_ms = None if lifetime_ms is None else now + lifetime_ms
+            if expires_by_ms is not None:
+                expires_ms = min(expires_ms or expires_by_ms, expires_by_ms)
             if live_max is not None:
                 row = await self.store.one(
                     "SELECT COUNT(*) FROM tokens WHERE account_id = ? AND revoked_ms IS NULL"
@@ -312,7 +340,10 @@ class Accounts(AccountsAuth):
 
     async def revoke_token(self, row: TokenRow) -> TokenRow:
         """Revoke at once: the database, the cache, the browser sessions signed in with it,
-        then ``on_revoked``. Revoking a revoked token changes nothing."""
+        then ``on_revoked``. Revoking a revoked token changes nothing. The row returned is
+        made here: the reader may not see the commit yet."""
+        if row.revoked_ms is None and (at := self.revoked_at(row.hash)) is not None:
+            row = replace(row, revoked_ms=at)  # read before a revocation just made
         if row.revoked_ms is not None:
             return row
         now = int(time.time() * 1000)
@@ -321,6 +352,11 @@ class Accounts(AccountsAuth):
              (now, row.hash)),
             ("DELETE FROM web_sessions WHERE token_hash = ?", (row.hash,)),
         ])
+        # no await from the commit to on_revoked: a check made after it sees the revocation
+        # in memory, and a session registered before it is closed by on_revoked
+        revoked_ms = self._recent_revoked.setdefault(row.hash, now)  # two at once: the first
+        while len(self._recent_revoked) > REVOKED_REMEMBERED_MAX:
+            self._recent_revoked.popitem(last=False)
         self._ended += 1
         self._by_hash.pop(row.hash, None)
         for sid, web in list(self._web.items()):
@@ -328,24 +364,33 @@ class Accounts(AccountsAuth):
                 del self._web[sid]
         if self.on_revoked is not None:
             await self.on_revoked(row.hash)
-        again = await self.find_token(row.id, row.account_id)
-        assert again is not None and again.revoked_ms is not None, "a revoked token is stored"
-        return again
+        return replace(row, revoked_ms=revoked_ms)
 
-    async def token_refusal(self, token: str, now_ms: int | None = None) -> str:
-        """Why ``token`` does not authenticate, in words that say what to do next."""
+    def revoked_at(self, token_hash: str | None) -> int | None:
+        """When this token was revoked, if it was among the latest revocations (enough for a
+        check that raced one: it was made while the check ran)."""
+        return None if token_hash is None else self._recent_revoked.get(token_hash)
+
+    async def token_refusal(self, token: str, now_ms: int | None = None, *,
+                            check: str = TOKEN_CHECK_REST) -> str:
+        """Why ``token`` does not authenticate, in words that say what to do next (``check``:
+        where an unknown token came from, to check it)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        row = await self.store.one(
-            "SELECT expires_ms, revoked_ms FROM tokens WHERE hash = ?", (hash_token(token),)
-        ) if token and len(token) <= 512 else None
+        digest = hash_token(token) if token and len(token) <= 512 else None
+        if digest is None:
+            row = None
+        elif (revoked := self.revoked_at(digest)) is not None:
+            row = (None, revoked)  # the reader may not see it yet
+        else:
+            row = await self.store.one(
+                "SELECT expires_ms, revoked_ms FROM tokens WHERE hash = ?", (digest,))
         if row is None:
-            return ("unknown token: check --token or TN_TOKEN (the header is 'Authorization: "
-                    "Bearer <token>'), or ask an admin for a token")
+            return f"unknown token: {check}, or ask an admin for a token"
         if row[1] is not None:
-            return (f"this token was revoked at {_utc(row[1])}; use another one, or create one "
-                    "with `tn token create` (or ask an admin)")
+            return (f"this token was revoked at {utc_text(row[1])}; use another one, or create "
+                    "one with `tn token create` (or ask an admin)")
         if row[0] is not None and row[0] <= now_ms:
-            return (f"this token expired at {_utc(row[0])}; create a new one with `tn token "
+            return (f"this token expired at {utc_text(row[0])}; create a new one with `tn token "
                     "create --expires 30d` using a token that still works (or ask an admin)")
         return "this token cannot be used; ask an admin for a new one"
 
@@ -359,6 +404,12 @@ class Accounts(AccountsAuth):
 
     async def authenticate(self, token: str, now_ms: int | None = None) -> Account | None:
         """The token's account, or None if it is unknown, revoked or expired."""
+        credential = await self.credential(token, now_ms)
+        return None if credential is None else credential.account
+
+    async def credential(self, token: str, now_ms: int | None = None) -> Credential | None:
+        """The token's account, hash and expiry, or None if it is unknown, revoked or
+        expired; from memory once seen (revoking forgets it at once)."""
         if not token or len(token) > 512:
             return None
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -372,17 +423,16 @@ class Accounts(AccountsAuth):
                 " WHERE t.hash = ? AND t.revoked_ms IS NULL",
                 (digest,),
             )
-            if row is None:
+            if row is None or digest in self._recent_revoked:  # see the module's notes
                 return None
-            hit = (Account(row[0], row[1], row[2]), row[3])
+            hit = Credential(Account(row[0], row[1], row[2]), digest, row[3])
             if len(self._by_hash) >= TOKENS_CACHED_MAX:
                 self._by_hash.clear()
             if ended == self._ended:
                 self._by_hash[digest] = hit
-        account, expires = hit
-        if expires is not None and expires <= now_ms:
+        if hit.expires_ms is not None and hit.expires_ms <= now_ms:
             return None
-        return account
+        return hit
 
 
 class TooManyTokens(Exception):

@@ -45,6 +45,7 @@ from coordinator.sessions import WorkerSessions
 from coordinator.store.sqlite import SqliteStore
 
 log = logging.getLogger("tn.coordinator")
+EXPIRY_SWEEP_S = 1.0  # sockets whose token (or sign-in) expired are closed this often
 
 
 class _Outbox(Outbox):
@@ -129,6 +130,15 @@ def create_app(config: Config) -> Starlette:
                 log.info("token revoked: closing %d session(s) it opened", closed)
 
         accounts.on_revoked = close_revoked
+
+        async def close_expired() -> None:
+            while True:
+                await anyio.sleep(EXPIRY_SWEEP_S)
+                now_ms = int(time.time() * 1000)
+                closed = sessions.close_expired(now_ms) + live.close_expired(now_ms)
+                if closed:
+                    log.info("closing %d session(s) whose token or sign-in expired", closed)
+
         await accounts.ensure_auth_tables()
         holder["dashboard"] = Dashboard(config, core, accounts, hub)  # the browser's routes
         holder["tokens"] = TokenApi(config, accounts)  # API tokens and the audit log
@@ -140,6 +150,7 @@ def create_app(config: Config) -> Starlette:
             async with anyio.create_task_group() as tg:
                 runtime.start(tg)
                 tg.start_soon(hub.flusher)
+                tg.start_soon(close_expired)
                 if config.session_logs_enabled:
                     tg.start_soon(sessions.flush_logs)
                 await wallet.grant_initial_all()  # sandbox starting credit, once per account

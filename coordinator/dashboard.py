@@ -9,7 +9,9 @@ Sign-in takes a username and password or an API token and starts a browser sessi
 HttpOnly, SameSite=Strict cookie (Secure over TLS), checked by ``http_auth`` on REST and on
 ``/ws/live``. ``GET /auth/session`` gives the page its CSRF token, which state-changing
 requests send back in ``X-CSRF-Token``. A session signed in with a token ends when that token
-is revoked. Sign-ins (made or refused) and sign-outs are audited (coordinator/audit.py).
+is revoked or expires (it lasts 12 hours at most, and never past the token's expiry); one that
+races the token's revocation is refused (401, the token was revoked at ...). Sign-ins (made or
+refused) and sign-outs are audited (coordinator/audit.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator.accounts import WEB_SESSION_MS, Account, Accounts, WebSession, hash_token
+from coordinator.accounts import Account, Accounts, Credential, WebSession
 from coordinator.config import Config
 from coordinator.core.core import Core
 from coordinator.demo import DEMO
@@ -177,7 +179,10 @@ class Dashboard:
             raise ApiError(400, f"bad sign-in: {exc}") from None
         method = "token" if body.token else "password"
         try:
-            account = await self._check(body)
+            account, token = await self._check(body)
+            started = await self.accounts.start_web_session(account, token)
+            if started is None:  # the token was revoked while signing in
+                raise ApiError(401, await self._token_refusal(body.token), "token")
         except ApiError as exc:
             if exc.status in (401, 429):  # a wrong password or token, or locked out: audited
                 claimed = None if body.token else await self.accounts.by_name(body.name)
@@ -185,21 +190,24 @@ class Dashboard:
                     "signin", claimed, request, ok=False,
                     detail={"method": method, "error": exc.error})
             raise
-        token_hash = hash_token(body.token.strip()) if body.token else None
-        sid, web = await self.accounts.start_web_session(account, token_hash)
+        sid, web = started
         await self.accounts.audit.record("signin", account, request, detail={"method": method})
         response = json_response(_info(web))
-        response.set_cookie(SESSION_COOKIE, sid, max_age=WEB_SESSION_MS // 1000, path="/",
-                            httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        lasts_s = max(0, web.expires_ms - int(time.time() * 1000)) // 1000
+        response.set_cookie(SESSION_COOKIE, sid, max_age=lasts_s, path="/", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
         return response
 
-    async def _check(self, body: SignIn) -> Account:
+    async def _token_refusal(self, token: str) -> str:
+        return await self.accounts.token_refusal(token.strip(), check="check the token pasted")
+
+    async def _check(self, body: SignIn) -> tuple[Account, Credential | None]:
+        """The account signing in, and the token it signs in with (None: a password)."""
         if body.token:
-            account = await self.accounts.authenticate(body.token.strip())
-            if account is None:
-                raise ApiError(401, "unknown, revoked or expired token", "token")
-            return account
+            token = await self.accounts.credential(body.token.strip())
+            if token is None:  # unknown, revoked or expired: say which
+                raise ApiError(401, await self._token_refusal(body.token), "token")
+            return token.account, token
         if not body.name or not body.password:
             raise ApiError(400, "enter your username and password, or an API token", "name")
         now = time.monotonic()
@@ -216,7 +224,7 @@ class Dashboard:
             self._failures.setdefault(body.name, deque()).append(now)
             raise ApiError(401, "wrong username or password", "password")
         self._failures.pop(body.name, None)
-        return account
+        return account, None
 
     async def signout(self, request: Request) -> Response:
         account = await cookie_account(request, self.accounts)  # checks the CSRF token

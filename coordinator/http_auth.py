@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import msgspec
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from coordinator.accounts import Account, Accounts, Role
+from coordinator.accounts import Account, Accounts, Role, expired_reason, utc_text
 from coordinator.parsing import whole_number
 from schema.rest import ErrorBody
 
@@ -111,14 +112,52 @@ async def cookie_account(request: Request, accounts: Accounts) -> Account | None
     return web.account
 
 
-async def socket_account(conn: HTTPConnection, accounts: Accounts) -> Account | None:
-    """A WebSocket's account: its bearer token, or its session cookie when the handshake
-    comes from this site's own pages (a page of another site may not use the cookie)."""
+@dataclass(frozen=True, slots=True)
+class SocketCaller:
+    """Who opened a WebSocket, and with what: the hash of the API token behind it (its bearer
+    token, or the one its browser signed in with; None: a password sign-in), and when that
+    credential stops working (None: never)."""
+
+    account: Account
+    token_hash: str | None
+    expires_ms: int | None
+    by_cookie: bool
+
+    def expired_reason(self) -> str:
+        """Why the socket is closed at ``expires_ms``, and what to do next."""
+        assert self.expires_ms is not None, "only a credential that expires ends"
+        if self.by_cookie:
+            return f"your sign-in ended at {utc_text(self.expires_ms)}; sign in again"
+        return expired_reason(self.expires_ms)
+
+
+async def socket_account(conn: HTTPConnection, accounts: Accounts) -> SocketCaller | None:
+    """A WebSocket's caller: its bearer token, or its session cookie when the handshake comes
+    from this site's own pages (a page of another site may not use the cookie)."""
     token = bearer_token(conn.headers)
     if token is not None:
-        return await accounts.authenticate(token)
+        cred = await accounts.credential(token)
+        return None if cred is None else SocketCaller(cred.account, cred.token_hash,
+                                                      cred.expires_ms, by_cookie=False)
     sid = conn.cookies.get(SESSION_COOKIE)
     if not sid or not same_origin(conn):
         return None
     web = await accounts.web_session(sid)
-    return None if web is None else web.account
+    return None if web is None else SocketCaller(web.account, web.token_hash, web.expires_ms,
+                                                 by_cookie=True)
+
+
+async def credential_expiry(request: Request, accounts: Accounts) -> int | None:
+    """When the API token behind an authenticated request expires: its bearer token, or the
+    token its browser signed in with (None: never, or a password sign-in). Refused (401) if
+    it stopped working since the request was authenticated."""
+    token = bearer_token(request.headers)
+    if token is not None:
+        cred = await accounts.credential(token)
+        if cred is None:
+            raise ApiError(401, await accounts.token_refusal(token))
+        return cred.expires_ms
+    web = await accounts.web_session(request.cookies.get(SESSION_COOKIE, ""))
+    if web is None:
+        raise ApiError(401, "your sign-in has expired or ended; sign in again")
+    return web.token_expires_ms

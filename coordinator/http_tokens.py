@@ -6,6 +6,11 @@ account. A token is returned once, by ``POST /api/tokens``; listings show its pu
 (``tk_`` + 12 hex digits of its hash, see coordinator/accounts.py), never the token or its
 hash. Another account's token id answers 404 exactly like an unknown one, so ids cannot be
 probed. Each creation and revocation is audited after it commits (coordinator/audit.py).
+
+A token never outlives the one that made it: when the caller's credential rests on a token
+that expires (a bearer token, or the token its browser signed in with), the new token expires
+no later than that one, whatever it asked for (clamped, not refused; the 201's ``expires_ms``
+says when). Otherwise a token that leaked could mint a longer-lived one and outlast itself.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from coordinator.accounts import (
     token_id,
 )
 from coordinator.config import Config
-from coordinator.http_auth import ApiError, authenticate, json_response, query_int
+from coordinator.http_auth import (
+    ApiError,
+    authenticate,
+    credential_expiry,
+    json_response,
+    query_int,
+)
 from coordinator.http_wallet import read_body
 from coordinator.parsing import DECODE_ERRORS
 from schema.rest import (
@@ -71,8 +82,10 @@ class TokenApi:
         lifetime_s = self._lifetime_s(body.expires_in_s)
         lifetime_ms = None if lifetime_s is None else lifetime_s * 1000
         limit = self.config.tokens_per_account_max
+        expires_by_ms = await credential_expiry(request, self.accounts)  # see the notes above
         try:
-            token = await self.accounts.issue_token(owner, body.label, lifetime_ms, limit)
+            token = await self.accounts.issue_token(owner, body.label, lifetime_ms, limit,
+                                                    expires_by_ms)
         except TooManyTokens as exc:
             raise ApiError(409, f"{owner.name} has {exc.live} live tokens, the most allowed "
                                 "(TN_TOKENS_PER_ACCOUNT_MAX); revoke one no longer used with "
@@ -81,7 +94,8 @@ class TokenApi:
         assert row is not None, "a committed token is found by its id"
         await self.accounts.audit.record(
             "token.create", caller, request, target=row.id,
-            detail={"account": owner.name, "label": row.label, "expires_ms": row.expires_ms})
+            detail={"account": owner.name, "label": row.label, "expires_ms": row.expires_ms,
+                    "capped": expires_by_ms is not None and row.expires_ms == expires_by_ms})
         return json_response(TokenCreated(row.id, token, row.label, owner.name,
                                           row.created_ms, row.expires_ms), 201)
 
@@ -100,7 +114,7 @@ class TokenApi:
         if row is None:  # unknown and another account's look the same
             raise ApiError(404, f"no token {public_id[:40]!r} among yours; list them with "
                                 "`tn token list`")
-        was_revoked = row.revoked_ms is not None
+        was_revoked = row.revoked_ms is not None or self.accounts.revoked_at(row.hash) is not None
         row = await self.accounts.revoke_token(row)
         if not was_revoked:
             await self.accounts.audit.record(
@@ -146,7 +160,8 @@ class TokenApi:
         most = self.config.token_lifetime_max_s
         upto = f"from 1 to {most} (TN_TOKEN_LIFETIME_MAX_S)" if most > 0 else "of at least 1"
         return (f"expires_in_s must be a whole number of seconds {upto}, e.g. 2592000 for 30 "
-                "days; leave it out for the longest lifetime allowed")
+                "days; leave it out for the longest lifetime allowed (never past the expiry "
+                "of the token you call with)")
 
     def _lifetime_s(self, asked: int | None) -> int | None:
         """The lifetime to give: what was asked, within the maximum; None: no expiry."""

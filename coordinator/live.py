@@ -16,7 +16,11 @@ Limits (coordinator/limits.py): an account may hold ``live_sessions_per_account_
 sessions at once, and each may send ``live_messages_per_s`` messages (a dashboard sends one
 per change of view); past either, an error frame says which limit, then a 1008 close. A
 session opened with a bearer token is closed the same way when that token is revoked
-(``LiveEndpoint.close_token``), and so is one a browser opened after signing in with it.
+(``LiveEndpoint.close_token``), and so is one a browser opened after signing in with it; and
+when its credential expires (the token's expiry, or the browser sign-in's, which never outlasts
+its token): ``close_expired``, swept by the app about once a second. A subscriber is registered
+before its credential is looked at again, so a revocation made while the socket was being
+opened cannot be missed.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from coordinator import live_views as views
-from coordinator.accounts import Account, Accounts, hash_token
+from coordinator.accounts import Account, Accounts, revoked_reason
 from coordinator.config import Config
 from coordinator.core.core import Core
 from coordinator.core.lifecycle import TERMINAL_TASK_STATES
 from coordinator.core.state import Session, Task
-from coordinator.http_auth import SESSION_COOKIE, bearer_token, socket_account
+from coordinator.http_auth import SocketCaller, socket_account
 from coordinator.limits import TokenBucket
 from coordinator.parsing import DECODE_ERRORS
 from coordinator.views import task_info
@@ -57,9 +61,10 @@ class _Sub:
     A full queue marks it too slow: its writer then ends the socket (close 1013). ``end``
     queues a last error frame and has the writer close after it."""
 
-    def __init__(self, account: Account, queue_max: int, token_hash: str | None = None) -> None:
+    def __init__(self, account: Account, queue_max: int, caller: SocketCaller | None = None
+                 ) -> None:
         self.account = account
-        self.token_hash = token_hash  # None: a browser's sign-in cookie
+        self.caller = caller  # what it authenticated with (its token, expiry)
         self.queue: deque[bytes] = deque()
         self.queue_max = queue_max
         self.wake = anyio.Event()
@@ -321,20 +326,30 @@ class LiveEndpoint:
         self._per_account: dict[str, int] = {}  # open live sessions by account
 
     def close_token(self, token_hash: str) -> int:
-        """End (1008) every live session opened with this bearer token: it was revoked.
-        Returns how many there were."""
-        doomed = [sub for sub in self.subs if sub.token_hash == token_hash]
+        """End (1008) every live session opened with this token (as a bearer token, or by a
+        browser signed in with it): it was revoked. Returns how many there were."""
+        doomed = [sub for sub in self.subs
+                  if sub.caller is not None and sub.caller.token_hash == token_hash]
         for sub in doomed:
             sub.end(TOKEN_REVOKED)
         return len(doomed)
 
+    def close_expired(self, now_ms: int) -> int:
+        """End (1008) every live session whose credential has expired by ``now_ms``."""
+        doomed = [(sub, sub.caller) for sub in self.subs
+                  if sub.caller is not None and sub.caller.expires_ms is not None
+                  and sub.caller.expires_ms <= now_ms and sub.ending is None]
+        for sub, caller in doomed:
+            sub.end(caller.expired_reason())
+        return len(doomed)
+
     async def __call__(self, ws: WebSocket) -> None:
-        account = await socket_account(ws, self.accounts)
-        if account is None:
+        caller = await socket_account(ws, self.accounts)
+        if caller is None:
             await ws.close(1008, "sign in: send Authorization: Bearer <token> (or sign in "
                                  "on the dashboard)")
             return
-        token_hash = await self._token_hash(ws)
+        account = caller.account
         await ws.accept()
         # no await from the count to the insert below: concurrent sockets cannot both fit
         cap = self.config.live_sessions_per_account_max
@@ -343,9 +358,14 @@ class LiveEndpoint:
                                  f"(TN_LIVE_SESSIONS_PER_ACCOUNT_MAX={cap}); close a dashboard "
                                  "or raise the limit")
             return
-        sub = _Sub(account, self.config.live_queue_max, token_hash)
+        sub = _Sub(account, self.config.live_queue_max, caller)
         self.subs.add(sub)
         self._per_account[account.id] = self._per_account.get(account.id, 0) + 1
+        # registered: a revocation from now on ends it (close_token), and one made since the
+        # credential was checked is remembered
+        revoked_ms = self.accounts.revoked_at(caller.token_hash)
+        if revoked_ms is not None:
+            sub.end(revoked_reason(revoked_ms))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, ws, sub, tg.cancel_scope)
@@ -360,16 +380,6 @@ class LiveEndpoint:
             if left:
                 self._per_account[account.id] = left
             self.hub.unsubscribe(sub)
-
-    async def _token_hash(self, ws: WebSocket) -> str | None:
-        """The hash of the API token behind this socket: its bearer token, or the token its
-        browser signed in with (None for a password sign-in)."""
-        token = bearer_token(ws.headers)
-        if token is not None:
-            return hash_token(token)
-        sid = ws.cookies.get(SESSION_COOKIE)
-        web = await self.accounts.web_session(sid) if sid else None
-        return None if web is None else web.token_hash
 
     async def _reader(self, ws: WebSocket, sub: _Sub) -> None:
         """Handle the client's messages until it leaves, or until it must be closed: too

@@ -10,7 +10,10 @@ read slower, never cut off: the reader stops taking frames until its bucket refi
 server stops reading the socket and TCP pushes back on the worker, so nothing it sent is
 dropped. An account may hold ``worker_sessions_per_account_max`` sessions at once; one more
 is closed with 1008 and the reason (``tn-worker`` backs off and retries). Sessions remember
-the hash of the token they said hello with, so revoking it closes them (``close_token``).
+the hash and expiry of the token they said hello with: revoking it closes them
+(``close_token``), and so does its expiry (``close_expired``, swept by the app about once a
+second, so the read path pays nothing). A token revoked while its hello was being checked is
+caught when the session is registered (the accounts remember recent revocations).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coordinator.accounts import Accounts, hash_token
+from coordinator.accounts import Accounts, Credential, expired_reason
 from coordinator.artifacts import TaskArtifacts
 from coordinator.config import Config
 from coordinator.core import effects as fx
@@ -66,7 +69,8 @@ Outgoing = bytes | _Close
 
 
 class _Conn:
-    def __init__(self, queue_max: int, account_id: str, token_hash: str) -> None:
+    def __init__(self, queue_max: int, account_id: str, token_hash: str,
+                 expires_ms: int | None) -> None:
         send, recv = anyio.create_memory_object_stream[Outgoing](queue_max)
         self.send: MemoryObjectSendStream[Outgoing] = send
         self.recv: MemoryObjectReceiveStream[Outgoing] = recv
@@ -74,6 +78,7 @@ class _Conn:
         self.log: SessionLog | None = None
         self.account_id = account_id
         self.token_hash = token_hash
+        self.expires_ms = expires_ms  # the token's expiry (None: never)
 
     def put(self, item: Outgoing) -> bool:
         if self.closing:
@@ -132,6 +137,15 @@ class WorkerSessions:
             self.close(sid, CLOSE_POLICY, TOKEN_REVOKED)
         return len(doomed)
 
+    def close_expired(self, now_ms: int) -> int:
+        """Close (1008) every session whose token has expired by ``now_ms``; how many."""
+        doomed = [(sid, conn.expires_ms) for sid, conn in self.conns.items()
+                  if conn.expires_ms is not None and conn.expires_ms <= now_ms
+                  and not conn.closing]
+        for sid, expires_ms in doomed:
+            self.close(sid, CLOSE_POLICY, expired_reason(expires_ms))
+        return len(doomed)
+
     def _put(self, session_id: str, message: w.CoordinatorMessage) -> None:
         conn = self.conns.get(session_id)
         if conn is None:
@@ -157,8 +171,8 @@ class WorkerSessions:
         hello = await self._hello(ws)
         if hello is None:
             return
-        account_id = hello[0]
-        msg: w.Hello = hello[1]
+        token, msg = hello
+        account_id = token.account.id
         # no await from the count to the insert below: concurrent hellos cannot both fit
         cap = self.config.worker_sessions_per_account_max
         if self._per_account.get(account_id, 0) >= cap:
@@ -167,7 +181,8 @@ class WorkerSessions:
                                       "stop one or raise the limit")
             return
         session_id = f"s{self.epoch}.{next(self._ids)}"
-        conn = _Conn(self.config.session_queue_max, account_id, hash_token(msg.token))
+        conn = _Conn(self.config.session_queue_max, account_id, token.token_hash,
+                     token.expires_ms)
         if self.config.session_logs_enabled:
             now = self.runtime.clock.now_ms()
             conn.log = SessionLog(self.config.data_dir / "sessions", session_id,
@@ -176,7 +191,14 @@ class WorkerSessions:
             conn.log.write("in", msg, now)
         self.conns[session_id] = conn
         self._per_account[account_id] = self._per_account.get(account_id, 0) + 1
+        said_hello = False
         try:
+            # registered: a revocation from now on closes it (close_token), and one made while
+            # the token was being checked is remembered
+            if self.accounts.revoked_at(conn.token_hash) is not None:
+                await self._refuse(ws, await self._token_refusal(msg.token))
+                return
+            said_hello = True
             await self._post(SessionHello(
                 0, 0, session_id, account_id, msg.worker_id, list(msg.capabilities),
                 msg.slots, list(msg.held_leases), msg.protocol, list(msg.sandbox), msg.prefetch,
@@ -192,13 +214,14 @@ class WorkerSessions:
                 self._per_account[account_id] = left
             if conn.log is not None:
                 conn.log.close()
-            with anyio.CancelScope(shield=True):
-                await self._post(SessionClosed(0, 0, session_id, "connection closed"))
+            if said_hello:
+                with anyio.CancelScope(shield=True):
+                    await self._post(SessionClosed(0, 0, session_id, "connection closed"))
 
     async def _post(self, event: Event) -> None:
         await self.runtime.enqueue(event)
 
-    async def _hello(self, ws: WebSocket) -> tuple[str, w.Hello] | None:
+    async def _hello(self, ws: WebSocket) -> tuple[Credential, w.Hello] | None:
         try:
             with anyio.fail_after(self.config.hello_timeout_ms / 1000):
                 raw = await ws.receive()
@@ -218,16 +241,19 @@ class WorkerSessions:
         if not isinstance(msg, w.Hello):
             await self._refuse(ws, f"the first message must be hello, not {type(msg).__name__}")
             return None
-        account = await self.accounts.authenticate(msg.token)
-        if account is None:
-            await self._refuse(ws, "unknown, revoked or expired token; ask an admin for a "
-                                   "worker token and pass it with --token or TN_TOKEN")
+        token = await self.accounts.credential(msg.token)
+        if token is None:  # unknown, revoked or expired: say which
+            await self._refuse(ws, await self._token_refusal(msg.token))
             return None
-        if account.role not in ("worker", "admin"):
-            await self._refuse(ws, f"a {account.role} token cannot take work; "
+        if token.account.role not in ("worker", "admin"):
+            await self._refuse(ws, f"a {token.account.role} token cannot take work; "
                                    "use a worker account's token")
             return None
-        return account.id, msg
+        return token, msg
+
+    async def _token_refusal(self, token: str) -> str:
+        return await self.accounts.token_refusal(
+            token, check="pass a worker account's token with --token or TN_TOKEN")
 
     async def _refuse(self, ws: WebSocket, reason: str) -> None:
         try:

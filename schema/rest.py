@@ -264,7 +264,9 @@ class TokenCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                                description="where the token is used, e.g. 'laptop'")]
     expires_in_s: Annotated[int, Meta(ge=1, description=(
         "lifetime in seconds, at most the coordinator's TN_TOKEN_LIFETIME_MAX_S; left out: "
-        "that maximum (or no expiry when it is 0)"))] | None = None
+        "that maximum (or no expiry when it is 0). Never past the expiry of the token the "
+        "request is made with (or the token its browser signed in with): a longer lifetime is "
+        "cut to it, and the response's expires_ms says so"))] | None = None
     account: Annotated[str, Meta(min_length=1, max_length=200, description=(
         "admins: the name of the account to issue the token for"))] | None = None
 
@@ -277,7 +279,7 @@ class TokenCreated(msgspec.Struct, frozen=True):
     label: str
     account: str  # the owner's name
     created_ms: int
-    expires_ms: int | None = None
+    expires_ms: int | None = None  # at most the expiry of the token that created it
 
 
 class TokenInfo(msgspec.Struct, frozen=True):
