@@ -273,6 +273,18 @@ def print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2))
 
 
+def add_command(parent: Any, common: argparse.ArgumentParser, name: str, func: Callable[..., int],
+                help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+    """A ``tn`` subcommand of ``parent`` (a subparsers object) running ``func``, with the
+    common options and, unless ``json_flag`` is false, ``--json``."""
+    p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help_text,
+                                                   description=help_text)
+    p.set_defaults(func=func)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the JSON response")
+    return p
+
+
 def arg_type(parse: Callable[[str], int]) -> Callable[[str], int]:
     """An argparse ``type`` from a parser that raises ValueError saying why: argparse then
     prints that reason with the option's name."""

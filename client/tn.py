@@ -102,11 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = task.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, func: Command, help_text: str, json_flag: bool = True) -> Any:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="print the JSON response")
-        return p
+        return render.add_command(sub, common, name, func, help_text, json_flag)
 
     p = command("submit", cmd_submit, "upload code and data as a new task; print its id")
     p.add_argument("--code", type=Path, required=True, help="a .py file, or a .zip with main.py")

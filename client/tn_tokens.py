@@ -76,10 +76,7 @@ def add_groups(top: Any, common: argparse.ArgumentParser) -> None:
     sub = group.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(parent: Any, name: str, func: Command, help_text: str) -> Any:
-        p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        p.add_argument("--json", action="store_true", help="print the JSON response")
-        return p
+        return render.add_command(parent, common, name, func, help_text)
 
     p = command(sub, "create", cmd_create, "create a token; it is printed once, never again")
     p.add_argument("--label", required=True, help="where it is used, e.g. laptop or ci")

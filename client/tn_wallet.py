@@ -83,10 +83,7 @@ def add_groups(top: Any, common: argparse.ArgumentParser) -> None:
     sub = group.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(parent: Any, name: str, func: Command, help_text: str) -> Any:
-        p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        p.add_argument("--json", action="store_true", help="print the JSON response")
-        return p
+        return render.add_command(parent, common, name, func, help_text)
 
     command(sub, "balance", cmd_balance, "show your balance, held withdrawals and escrow")
     for name, func, verb in (("deposit", cmd_deposit, "add"), ("withdraw", cmd_withdraw,
