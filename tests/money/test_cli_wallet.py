@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from client import tn
+from tests.cli.fakes import JsonHandler
 
 WALLET = {"account_id": "a_me", "balance": 123456, "pending_withdrawals": 600,
           "in_escrow": 2500, "earned": 95, "sandbox": True, "stripe": False}
@@ -19,19 +20,8 @@ TX = {"id": 7, "kind": "payout", "account": "wallet", "amount": 95, "at_ms": 1_7
       "task_id": "t1", "chunk": 3, "memo": "worker w1"}
 
 
-class Fake(BaseHTTPRequestHandler):
+class Fake(JsonHandler):
     seen: list[tuple[str, str, Any]]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def reply(self, status: int, doc: Any) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, None))
