@@ -33,7 +33,7 @@ import msgspec
 
 from coordinator.core.core import Core
 from coordinator.core.events import Event
-from coordinator.recorder import JOURNAL_VERSION, Entry, Header, fingerprint, read_segment
+from coordinator.recorder import READS, Entry, Header, fingerprint, read_segment
 
 HISTORY = 4096  # events kept to explain a divergence
 CHAIN_SHOWN = 20  # of which the last this many are shown
@@ -83,10 +83,10 @@ def _records(path: Path) -> Iterator[Header | Entry]:
 
 def load_snapshot(path: Path, header: Header) -> Core:
     """The core a segment starts from; IncompatibleRecording if its classes changed."""
-    if header.version != JOURNAL_VERSION:
+    if header.version not in READS:
         raise IncompatibleRecording(
-            f"{path.name}: journal format {header.version}, but this build reads format "
-            f"{JOURNAL_VERSION}; replay it with the build that recorded it")
+            f"{path.name}: journal format {header.version}, but this build reads formats "
+            f"{', '.join(map(str, READS))}; replay it with the build that recorded it")
     try:
         core = pickle.loads(header.snapshot)
     except Exception as exc:  # any unpickling failure means the classes moved on

@@ -15,6 +15,26 @@ class Effect(msgspec.Struct, frozen=True, tag_field="fx"):
     cause: int
 
 
+class Output(bytes):
+    """A result's output as effects carry it to the store: bytes in every way but one, the
+    journal records it as its length (the event that brought it holds it in full; see
+    coordinator/recorder.py). The core makes one per result it keeps."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, data: bytes) -> Output:
+        return data if type(data) is cls else cls(data)
+
+
+def in_full(obj: object) -> bytes:
+    """An ``enc_hook`` that encodes outputs in full (msgspec encodes a subclass of bytes only
+    through a hook): for encoders of effects other than the journal's."""
+    if type(obj) is Output:
+        return bytes(obj)
+    raise NotImplementedError(f"cannot encode a {type(obj).__name__}")
+
+
 # ---- messages -------------------------------------------------------------------------
 
 
@@ -96,7 +116,7 @@ class PersistVote(Effect, tag="p_vote", frozen=True):
     account_id: str
     worker_id: str
     digest: str
-    output: bytes
+    output: Output
     at_ms: int
 
 
@@ -131,7 +151,7 @@ class PersistResult(Effect, tag="p_result", frozen=True):
     lease_id: int
     account_id: str
     worker_id: str
-    output: bytes
+    output: Output
     digest: str
     items: int
     at_ms: int

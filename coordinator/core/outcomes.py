@@ -51,7 +51,7 @@ class Outcomes:
             return
         vote = Vote(lease.id, lease.account_id, lease.worker_id,
                     ev.digest if task.verification == "none" else digest(ev.output),
-                    ev.output, ev.at_ms)
+                    fx.Output.of(ev.output), ev.at_ms)
         votes = [*task.votes.get(lease.chunk, ()), vote]
         second = task.verification == "spot" and len(votes) == 1 and spot_checked(
             task, lease.chunk, core.trust.trusted(lease.worker_key),
@@ -62,7 +62,7 @@ class Outcomes:
             task.votes[lease.chunk] = votes
             task.votes_held += 1
             core.emit(fx.PersistVote(ev.eid, task.id, lease.chunk, lease.id, lease.account_id,
-                                     lease.worker_id, vote.digest, ev.output, ev.at_ms))
+                                     lease.worker_id, vote.digest, vote.output, ev.at_ms))
             self.drop_lease(lease, ChunkState.PENDING, ev.at_ms)
             core.send(ev.session_id, Accepted(lease.id, 0))
         elif v.outcome == "fail":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from coordinator.core.effects import Output
 from coordinator.core.lifecycle import ChunkState, TaskState
 
 
@@ -88,7 +89,7 @@ class Vote:
     account_id: str
     worker_id: str
     digest: str  # computed by the coordinator over the output, never taken from the worker
-    output: bytes
+    output: Output
     at_ms: int
 
 

@@ -318,7 +318,7 @@ class SqliteStore:
                 " FROM votes WHERE task_id = ? AND cleared = 0 ORDER BY lease_id", (task.id,)
             ):
                 task.votes.setdefault(int(v[0]), []).append(
-                    Vote(int(v[1]), str(v[2]), str(v[3]), str(v[4]), bytes(v[5]), int(v[6])))
+                    Vote(int(v[1]), str(v[2]), str(v[3]), str(v[4]), fx.Output(v[5]), int(v[6])))
                 task.votes_held += 1
             done = [
                 (int(c), int(n)) for c, n in await self.db.execute_fetchall(

@@ -283,7 +283,7 @@ class MarketSim:
         self.stats.steps += 1
         self.history.append(f"{self.now} ms  {event!r}"[:300])
         for e in effects:
-            self.digest.update(msgspec.msgpack.encode(e))
+            self.digest.update(msgspec.msgpack.encode(e, enc_hook=fx.in_full))
             if not isinstance(e, fx.TaskChanged):
                 self.history.append(f"    -> {e!r}"[:300])
         check_invariants(self.core)

@@ -1,0 +1,102 @@
+"""The journal's format (issue 7): batches of events, outputs once, older formats, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from coordinator import replay
+from coordinator.core import effects as fx
+from coordinator.core.core import Core, CoreConfig
+from coordinator.core.events import ResultIn
+from coordinator.recorder import Batch, Entry, Header, Journal, fingerprint, read_segment
+
+OUT = msgspec.msgpack.encode([1, 2])
+
+
+def raw_records(path: Path) -> list[dict[str, Any]]:
+    data, at, out = path.read_bytes(), 0, []
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 4], "big")
+        out.append(msgspec.msgpack.decode(data[at + 4:at + 4 + n]))
+        at += 4 + n
+    return out
+
+
+def write_records(path: Path, records: list[Any]) -> None:
+    with open(path, "wb") as f:
+        for rec in records:
+            body = msgspec.msgpack.encode(rec)
+            f.write(len(body).to_bytes(4, "big") + body)
+
+
+def test_events_go_in_batches_and_read_back_one_entry_each(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, 1 << 30, 1 << 30, flush_ms=60_000)
+    journal.open_segment(Core(CoreConfig(), 1), 0)
+    for i in range(150):
+        event = ResultIn(i + 1, 1_000 + i, "s1.1", i, OUT, "d")
+        journal.record(Core(CoreConfig(), 1), event, [
+            fx.PersistResult(i + 1, "t", i, i, "a", "w", fx.Output(OUT), "d", 2, 1_000 + i),
+            fx.TaskChanged(i + 1, "t")])
+        journal.maybe_flush(1_000 + i)
+    assert journal.path is not None
+    path = journal.path
+    assert [r["kind"] for r in raw_records(path)] == ["header"]  # kept and encoded, unwritten
+    journal.close()
+    records = raw_records(path)
+    assert [(r["kind"], len(r.get("events", ()))) for r in records] == [
+        ("header", 0), ("batch", Journal.ENCODE_EVENTS), ("batch", Journal.ENCODE_EVENTS),
+        ("batch", 150 - 2 * Journal.ENCODE_EVENTS)]
+    entries = [r for r in read_segment(path) if isinstance(r, Entry)]
+    assert [e.event.eid for e in entries] == list(range(1, 151))
+    for e in entries:  # the output in full in the event, as its length in the effect
+        assert isinstance(e.event, ResultIn) and e.event.output == OUT
+        assert e.effects[0]["fx"] == "p_result" and e.effects[0]["output"] == len(OUT)
+        assert e.effects[1] == {"fx": "task_changed", "cause": e.event.eid, "task_id": "t"}
+
+
+def test_fingerprints_read_as_the_journal_stores_effects() -> None:
+    effect = fx.PersistVote(3, "t", 0, 9, "a", "w", "d", fx.Output(b"\x01\x02\x03"), 5)
+    assert fingerprint(effect)["output"] == 3
+    assert effect.output == b"\x01\x02\x03"  # bytes in every other way
+
+    class Stray(bytes):
+        pass
+
+    with pytest.raises((TypeError, NotImplementedError), match="Stray"):
+        fingerprint(msgspec.structs.replace(effect, output=Stray(b"x")))  # type: ignore[arg-type]
+
+
+def _golden_segment() -> Path:
+    return next((Path(__file__).parent / "golden" / "normal").glob("*.tnj"))
+
+
+def test_a_format_2_journal_one_record_per_event_still_replays(tmp_path: Path) -> None:
+    records = list(read_segment(_golden_segment()))
+    header = records[0]
+    assert isinstance(header, Header)
+    old = tmp_path / "old.tnj"
+    write_records(old, [msgspec.structs.replace(header, version=2), *records[1:]])
+    assert all(r["kind"] == "event" for r in raw_records(old)[1:])
+    report = replay.replay(old)
+    assert report.divergence is None and report.events == len(records) - 1
+
+
+def test_unknown_formats_and_torn_batches_are_refused_clearly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header, *rest = read_segment(_golden_segment())
+    assert isinstance(header, Header) and isinstance(rest[0], Entry)
+    future = tmp_path / "future.tnj"
+    write_records(future, [msgspec.structs.replace(header, version=99)])
+    assert replay.main([str(future)]) == 2
+    err = capsys.readouterr().err
+    assert "journal format 99, but this build reads formats 2, 3" in err
+    assert "replay it with the build that recorded it" in err
+
+    torn = tmp_path / "torn.tnj"
+    write_records(torn, [header, Batch([rest[0].event, rest[1].event], [rest[0].effects])])
+    assert replay.main([str(torn)]) == 2
+    assert "a batch of 2 events has 1 lists of effects" in capsys.readouterr().err
