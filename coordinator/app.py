@@ -39,8 +39,10 @@ from coordinator.http_wallet import WALLET_ROUTES, WalletApi
 from coordinator.limits import RestLimits, RestRateLimit
 from coordinator.live import Hub, LiveEndpoint
 from coordinator.openapi import openapi_document
-from coordinator.recorder import Journal, trim_session_logs
+from coordinator.recorder import Journal
 from coordinator.runtime import Outbox, Runtime, restore_core
+from coordinator.sessionlog_writer import trim_session_logs
+from coordinator.sessionlogs import SessionLogs
 from coordinator.sessions import WorkerSessions
 from coordinator.store.sqlite import SqliteStore
 
@@ -111,16 +113,21 @@ def create_app(config: Config) -> Starlette:
             journal = Journal(config.data_dir / "journal", config.journal_segment_bytes,
                               config.journal_bytes_max, config.journal_flush_ms)
             journal.open_segment(core, int(time.time() * 1000))
+        session_logs = None
         if config.session_logs_enabled:
             trim_session_logs(config.data_dir / "sessions", config.session_logs_bytes_max)
+            session_logs = SessionLogs(config.data_dir / "sessions",
+                                       config.session_log_payload_bytes_max,
+                                       config.session_logs_bytes_max,
+                                       config.session_log_buffer_bytes_max)
         runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
                           batch_max=config.commit_batch_max, journal=journal)
         hub = Hub(core, config)
-        sessions = WorkerSessions(config, accounts, runtime, artifacts, epoch)
+        sessions = WorkerSessions(config, accounts, runtime, artifacts, epoch, session_logs)
         outbox.sessions, outbox.hub = sessions, hub
         api = TaskApi(config, core, runtime, store, accounts, artifacts)
         wallet = WalletApi(config, core, runtime, store, accounts)
-        live = LiveEndpoint(hub, accounts, config)
+        live = LiveEndpoint(hub, accounts, config, session_logs, epoch)
         holder.update(api=api, wallet=wallet, live=live, sessions=sessions)
         rest_limits.accounts = accounts
 
@@ -151,8 +158,8 @@ def create_app(config: Config) -> Starlette:
                 runtime.start(tg)
                 tg.start_soon(hub.flusher)
                 tg.start_soon(close_expired)
-                if config.session_logs_enabled:
-                    tg.start_soon(sessions.flush_logs)
+                if session_logs is not None:
+                    tg.start_soon(session_logs.run)
                 await wallet.grant_initial_all()  # sandbox starting credit, once per account
                 accounts.on_created = wallet.on_account_created
                 app.state.ready = True
@@ -163,6 +170,8 @@ def create_app(config: Config) -> Starlette:
                 artifacts.close()
                 if journal is not None:
                     journal.close()
+                if session_logs is not None:
+                    await session_logs.aclose()
                 await store.close()
 
     async def worker_ws(ws: WebSocket) -> None:

@@ -66,6 +66,7 @@ class Config:
     session_logs_enabled: bool = True
     session_logs_bytes_max: int = 256 << 20
     session_log_payload_bytes_max: int = 4096  # larger items/outputs are logged as digests
+    session_log_buffer_bytes_max: int = 64 << 20  # frames waiting for the log writer
     # persistence
     commit_batch_max: int = 4096  # events handled per turn before a group commit
     # uploads

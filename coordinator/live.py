@@ -26,6 +26,7 @@ opened cannot be missed.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections import OrderedDict, deque
 
@@ -42,6 +43,7 @@ from coordinator.core.state import Session, Task
 from coordinator.http_auth import SocketCaller, socket_account
 from coordinator.limits import TokenBucket
 from coordinator.parsing import DECODE_ERRORS
+from coordinator.sessionlogs import IN, OUT, SessionLog, SessionLogs
 from coordinator.views import task_info
 from schema import live as lv
 
@@ -71,6 +73,7 @@ class _Sub:
         self.dropped = False
         self.ending: tuple[int, str] | None = None  # close code and reason, after the queue
         self.topics: set[str] = set()
+        self.log: SessionLog | None = None
 
     def push(self, frame: bytes, snapshot: bool = False) -> None:
         """Queue a frame; a snapshot's frames (bounded by their builders) always fit."""
@@ -303,6 +306,10 @@ class Hub:
                         self.grids.pop(key[5:], None)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _push_all(subs: set[_Sub], frame: bytes) -> None:
     for sub in subs:
         sub.push(frame)
@@ -318,10 +325,14 @@ async def _turn_away(ws: WebSocket, reason: str) -> None:
 
 
 class LiveEndpoint:
-    def __init__(self, hub: Hub, accounts: Accounts, config: Config) -> None:
+    def __init__(self, hub: Hub, accounts: Accounts, config: Config,
+                 logs: SessionLogs | None = None, epoch: int = 0) -> None:
         self.hub = hub
         self.accounts = accounts
         self.config = config
+        self.logs = logs  # each live session is logged as l<epoch>.<n>-live-<account>
+        self.epoch = epoch
+        self._ids = itertools.count(1)
         self.subs: set[_Sub] = set()
         self._per_account: dict[str, int] = {}  # open live sessions by account
 
@@ -359,6 +370,9 @@ class LiveEndpoint:
                                  "or raise the limit")
             return
         sub = _Sub(account, self.config.live_queue_max, caller)
+        if self.logs is not None:
+            sub.log = self.logs.open(f"l{self.epoch}.{next(self._ids)}", f"live-{account.id}",
+                                     _now_ms(), proto="json")
         self.subs.add(sub)
         self._per_account[account.id] = self._per_account.get(account.id, 0) + 1
         # registered: a revocation from now on ends it (close_token), and one made since the
@@ -380,6 +394,8 @@ class LiveEndpoint:
             if left:
                 self._per_account[account.id] = left
             self.hub.unsubscribe(sub)
+            if sub.log is not None:
+                sub.log.close(_now_ms())
 
     async def _reader(self, ws: WebSocket, sub: _Sub) -> None:
         """Handle the client's messages until it leaves, or until it must be closed: too
@@ -403,6 +419,8 @@ class LiveEndpoint:
             except DECODE_ERRORS as exc:
                 sub.push(ENCODER.encode(lv.LiveError(f"malformed message: {exc}")))
                 continue
+            if sub.log is not None:
+                sub.log.write(IN, text.encode(), _now_ms())
             if isinstance(msg, lv.Subscribe):
                 for topic in msg.topics:
                     why = self.hub.subscribe(sub, topic)
@@ -422,7 +440,10 @@ class LiveEndpoint:
                     await ws.close(1013, "too slow to keep up; reconnect for a fresh snapshot")
                     break
                 while sub.queue:
-                    await send({"type": "websocket.send", "text": sub.queue.popleft().decode()})
+                    frame = sub.queue.popleft()
+                    if sub.log is not None:
+                        sub.log.write(OUT, frame, _now_ms())
+                    await send({"type": "websocket.send", "text": frame.decode()})
                 if sub.ending is not None:
                     await ws.close(*sub.ending)
                     break

@@ -10,11 +10,7 @@ see one ``Entry`` per event either way (format 2 wrote a record per event; it st
 Segments rotate at ``journal_segment_bytes``; the oldest are deleted past
 ``journal_bytes_max``.
 
-Session logs (``<data-dir>/sessions/``): one JSON Lines file per WebSocket session, named by
-start time, session and worker, with every message in and out; tokens are never written and
-bulk payloads (items, outputs) appear as their size and base64 up to
-``session_log_payload_bytes_max`` (so a worker session can be re-driven:
-coordinator/redrive.py), as their size and SHA-256 beyond it.
+Session logs, the other half of a recording, are in coordinator/sessionlogs.py.
 
 The snapshot is a pickle of the core: replay it only from recordings you trust (your own
 coordinator's), as you would any pickle.
@@ -22,11 +18,8 @@ coordinator's), as you would any pickle.
 
 from __future__ import annotations
 
-import binascii
 import contextlib
-import hashlib
 import logging
-import os
 import pickle
 import time
 from collections.abc import Iterator
@@ -75,7 +68,6 @@ def _length(obj: Any) -> Any:
 
 _ENC = msgspec.msgpack.Encoder(enc_hook=_length)  # effects' outputs go in as their length
 _DEC = msgspec.msgpack.Decoder(Record)
-_JSON = msgspec.json.Encoder()  # session logs; several times faster than json.dumps
 
 
 def fingerprint(effect: fx.Effect) -> Any:
@@ -227,101 +219,3 @@ def read_segment(path: Path) -> Iterator[Header | Entry]:
                 yield from map(Entry, record.events, record.effects)
             else:
                 yield record
-
-
-_BYTES_INFO = (msgspec.inspect.BytesType, msgspec.inspect.ByteArrayType,
-               msgspec.inspect.MemoryViewType)
-
-
-def _is_bytes(t: msgspec.inspect.Type) -> bool:
-    kinds = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
-    return any(isinstance(k, _BYTES_INFO) for k in kinds)
-
-
-# ---- session logs ---------------------------------------------------------------------
-
-
-class SessionLog:
-    """A JSON Lines log of one WebSocket session's messages."""
-
-    def __init__(self, root: Path, session_id: str, who: str, now_ms: int,
-                 payload_bytes_max: int = 4096) -> None:
-        self.payload_bytes_max = payload_bytes_max
-        root.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now_ms / 1000))
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in who)[:60]
-        self.path = root / f"{stamp}-{session_id}-{safe}.jsonl"
-        # kept, formatted and appended about once a second by the coordinator (and on
-        # close): a crash loses at most the last second of a session's log. The messages
-        # are immutable and their payloads are copies, so keeping them costs no copy.
-        self._pending: list[tuple[int, str, msgspec.Struct]] = []  # no file held open
-        self.path.touch()
-        self._t0 = now_ms
-
-    def write(self, direction: str, message: msgspec.Struct, now_ms: int) -> None:
-        """Keep one message (it is on every message's path: formatting waits for flush)."""
-        self._pending.append((now_ms - self._t0, direction, message))
-
-    def flush(self) -> None:
-        if self._pending:
-            buf, line = bytearray(), self._line
-            for t, direction, message in self._pending:
-                buf += line(t, direction, message)
-            self._pending.clear()
-            with open(self.path, "ab") as f:
-                f.write(buf)
-
-    def close(self) -> None:
-        self.flush()
-
-    def _line(self, t: int, direction: str, message: msgspec.Struct) -> bytes:
-        secret, payloads = _LOGGED.get(type(message)) or _log_fields(type(message))
-        if secret or payloads:  # a copy for the log; replace() does not check types
-            changes: dict[str, Any] = dict.fromkeys(secret, "<redacted>")
-            for key in payloads:
-                value = getattr(message, key)
-                if isinstance(value, _PAYLOADS):
-                    # small payloads as base64 (their digest follows from it), large ones
-                    # as their digest only; written as JSON text the encoder copies as is
-                    n = len(value)
-                    changes[key] = msgspec.Raw(
-                        b'{"bytes":%d,"b64":"%b"}' % (n, binascii.b2a_base64(
-                            value, newline=False)) if n <= self.payload_bytes_max else
-                        b'{"bytes":%d,"sha256":"%b","b64":null}' % (
-                            n, hashlib.sha256(value).hexdigest()[:32].encode()))
-            message = msgspec.structs.replace(message, **changes)
-        return b'{"t":%d,"dir":%b,"msg":%b}\n' % (
-            t, _DIRECTIONS[direction], _JSON.encode(message))
-
-
-_DIRECTIONS = {"in": b'"in"', "out": b'"out"'}
-_PAYLOADS = (msgspec.Raw, bytes, bytearray)
-_SECRET_WORDS = ("token", "password", "secret")
-_LOGGED: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def _log_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """A message type's secret fields (never logged) and bulk payload fields (bytes or Raw:
-    logged as size, digest and, when small, base64); looked up once per type."""
-    found = _LOGGED.get(cls)
-    if found is None:
-        info = msgspec.inspect.type_info(cls)
-        assert isinstance(info, msgspec.inspect.StructType), cls
-        secret = tuple(f.name for f in info.fields
-                       if any(word in f.name.lower() for word in _SECRET_WORDS))
-        payloads = tuple(f.name for f in info.fields
-                         if _is_bytes(f.type) or isinstance(f.type, msgspec.inspect.RawType))
-        found = _LOGGED[cls] = (secret, payloads)
-    return found
-
-
-def trim_session_logs(root: Path, bytes_max: int) -> None:
-    if not root.is_dir():
-        return
-    logs = sorted(root.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
-    total = sum(p.stat().st_size for p in logs)
-    for old in logs:
-        if total <= bytes_max:
-            break
-        total -= old.stat().st_size
-        os.unlink(old)

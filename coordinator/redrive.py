@@ -69,6 +69,8 @@ def load(path: Path) -> list[Logged]:
                 continue
             try:
                 rec = json.loads(line)
+                if rec["dir"] == "note":  # what the log itself missed: nothing to re-drive
+                    continue
                 out.append(Logged(n, int(rec["t"]), rec["dir"] == "in", dict(rec["msg"])))
             except (ValueError, KeyError, TypeError) as exc:
                 raise SystemExit(f"{path}:{n}: not a session log line ({exc})") from None

@@ -45,8 +45,8 @@ from coordinator.core.events import (
 )
 from coordinator.limits import TokenBucket
 from coordinator.parsing import DECODE_ERRORS
-from coordinator.recorder import SessionLog
 from coordinator.runtime import Runtime
+from coordinator.sessionlogs import IN, OUT, SessionLog, SessionLogs
 from schema import worker as w
 
 _log = logging.getLogger("tn.sessions")
@@ -98,8 +98,10 @@ class WorkerSessions:
         runtime: Runtime,
         artifacts: Callable[[str], TaskArtifacts],
         epoch: int,
+        logs: SessionLogs | None = None,
     ) -> None:
         self.config = config
+        self.logs = logs
         self.accounts = accounts
         self.runtime = runtime
         self.artifacts = artifacts
@@ -150,19 +152,12 @@ class WorkerSessions:
         conn = self.conns.get(session_id)
         if conn is None:
             return
+        frame = ENCODER.encode(message)
         if conn.log is not None:
-            conn.log.write("out", message, self.runtime.clock.now_ms())
-        if not conn.put(ENCODER.encode(message)):
+            conn.log.write(OUT, frame, self.runtime.clock.now_ms())
+        if not conn.put(frame):
             conn.closing = True
             conn.send.close()  # the writer notices and closes 1013
-
-    async def flush_logs(self, period_s: float = 1.0) -> None:
-        """Flush the session logs about once a second (they are buffered)."""
-        while True:
-            await anyio.sleep(period_s)
-            for conn in list(self.conns.values()):
-                if conn.log is not None:
-                    conn.log.flush()
 
     # ---- the endpoint -----------------------------------------------------------------
 
@@ -171,7 +166,7 @@ class WorkerSessions:
         hello = await self._hello(ws)
         if hello is None:
             return
-        token, msg = hello
+        token, msg, frame = hello
         account_id = token.account.id
         # no await from the count to the insert below: concurrent hellos cannot both fit
         cap = self.config.worker_sessions_per_account_max
@@ -183,12 +178,10 @@ class WorkerSessions:
         session_id = f"s{self.epoch}.{next(self._ids)}"
         conn = _Conn(self.config.session_queue_max, account_id, token.token_hash,
                      token.expires_ms)
-        if self.config.session_logs_enabled:
+        if self.logs is not None:
             now = self.runtime.clock.now_ms()
-            conn.log = SessionLog(self.config.data_dir / "sessions", session_id,
-                                  f"worker-{msg.worker_id}", now,
-                                  self.config.session_log_payload_bytes_max)
-            conn.log.write("in", msg, now)
+            conn.log = self.logs.open(session_id, f"worker-{msg.worker_id}", now)
+            conn.log.write(IN, frame, now)  # the helper writing it redacts the token
         self.conns[session_id] = conn
         self._per_account[account_id] = self._per_account.get(account_id, 0) + 1
         said_hello = False
@@ -213,7 +206,7 @@ class WorkerSessions:
             if left:
                 self._per_account[account_id] = left
             if conn.log is not None:
-                conn.log.close()
+                conn.log.close(self.runtime.clock.now_ms())
             if said_hello:
                 with anyio.CancelScope(shield=True):
                     await self._post(SessionClosed(0, 0, session_id, "connection closed"))
@@ -221,7 +214,7 @@ class WorkerSessions:
     async def _post(self, event: Event) -> None:
         await self.runtime.enqueue(event)
 
-    async def _hello(self, ws: WebSocket) -> tuple[Credential, w.Hello] | None:
+    async def _hello(self, ws: WebSocket) -> tuple[Credential, w.Hello, bytes] | None:
         try:
             with anyio.fail_after(self.config.hello_timeout_ms / 1000):
                 raw = await ws.receive()
@@ -249,7 +242,7 @@ class WorkerSessions:
             await self._refuse(ws, f"a {token.account.role} token cannot take work; "
                                    "use a worker account's token")
             return None
-        return token, msg
+        return token, msg, data
 
     async def _token_refusal(self, token: str) -> str:
         return await self.accounts.token_refusal(
@@ -301,7 +294,7 @@ class WorkerSessions:
                 try:
                     msg = DECODER.decode(data)
                     if log is not None:
-                        log.write("in", msg, self.runtime.clock.now_ms())
+                        log.write(IN, data, self.runtime.clock.now_ms())
                     event = _to_event(msg, session_id)
                     if event is None:
                         problem = "hello was already received; send it once per session"

@@ -188,7 +188,7 @@ def record(sc: Scenario, out: Path, work: Path) -> Recording:
         assert isinstance(header, Header)
         shutil.copyfile(seg, out / f"seg{n}-e{header.epoch}.tnj")
     # the worker's last session: after a coordinator crash, the one that finished the task
-    # (the killed boot's logs lose their last second, which may be all of them)
+    # (a killed boot's log lacks what it had not yet handed to its writer, up to a second)
     logs = sorted((coord.data_dir / "sessions").glob(f"*-worker-{facts['session_worker']}.jsonl"),
                   key=lambda p: (p.stat().st_mtime, p.name))
     assert logs[-1].stat().st_size > 0, f"{logs[-1]} is empty"

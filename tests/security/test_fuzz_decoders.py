@@ -54,7 +54,8 @@ from coordinator.http_api import _parse_spec
 from coordinator.http_auth import ApiError
 from coordinator.http_wallet import check_amount, decode_body
 from coordinator.parsing import DECODE_ERRORS
-from coordinator.recorder import SessionLog
+from coordinator.sessionlog_writer import Writer
+from coordinator.sessionlogs import CLOSE, IN, OPEN, open_meta, record
 from coordinator.uploads import UploadError, UploadLimits, parse_code, parse_dataset
 from schema import worker as w
 from schema.rest import DepositRequest, FundRequest, WithdrawRequest
@@ -162,10 +163,23 @@ def test_worker_decoder(frame: bytes) -> None:
     if outcome == "ok":  # what the reader does next with it
         msg = sessions.DECODER.decode(frame)
         sessions._to_event(msg, "s1.1")
-        with tempfile.TemporaryDirectory() as tmp:
-            log = SessionLog(Path(tmp), "s1.1", "worker-x", 0)
-            log.write("in", msg, 1)
-            log.close()
+        line = logged(frame, "msgpack")  # and the session log writer's
+        assert line["dir"] == "in" and line["msg"]["type"] == msg.__struct_config__.tag, line
+        if isinstance(msg, w.Hello):
+            assert line["msg"]["token"] == "<redacted>"
+
+
+def logged(frame: bytes, proto: str) -> dict[str, Any]:
+    """The line the session log writer makes of ``frame`` received by a session."""
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = Writer(Path(tmp), 64, 1 << 20)
+        data = bytearray(record(OPEN, 1, 0, open_meta("s.jsonl", proto)) +
+                         record(IN, 1, 1, frame) + record(CLOSE, 1, 2))
+        assert writer.feed(data) == len(data)
+        [line, end] = (Path(tmp) / "s.jsonl").read_text(encoding="utf-8").split("\n")
+        assert end == ""  # one line (JSON may hold U+0085 and U+2028 raw: not line ends)
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
 
 
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
@@ -199,6 +213,8 @@ def test_live_decoder(text: str) -> None:
     assert outcome in ("ok", "refused"), outcome
     if outcome == "ok":
         msg = live_mod.DECODER.decode(text)
+        line = logged(text.encode(), "json")
+        assert line["dir"] == "in" and line["msg"]["type"] == msg.__struct_config__.tag, line
         hub = live_mod.Hub(Core(CoreConfig(), 1), Config())
         for role in ("customer", "worker", "admin"):
             account = Account("a_0000000000000001", "x", role)
