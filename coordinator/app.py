@@ -113,15 +113,16 @@ def create_app(config: Config) -> Starlette:
             journal = Journal(config.data_dir / "journal", config.journal_segment_bytes,
                               config.journal_bytes_max, config.journal_flush_ms)
             journal.open_segment(core, int(time.time() * 1000))
+        runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
+                          batch_max=config.commit_batch_max, journal=journal)
         session_logs = None
         if config.session_logs_enabled:
             trim_session_logs(config.data_dir / "sessions", config.session_logs_bytes_max)
             session_logs = SessionLogs(config.data_dir / "sessions",
                                        config.session_log_payload_bytes_max,
                                        config.session_logs_bytes_max,
-                                       config.session_log_buffer_bytes_max)
-        runtime = Runtime(core, store, outbox, tick_ms=config.tick_ms,
-                          batch_max=config.commit_batch_max, journal=journal)
+                                       config.session_log_buffer_bytes_max,
+                                       runtime.clock.now_ms)
         hub = Hub(core, config)
         sessions = WorkerSessions(config, accounts, runtime, artifacts, epoch, session_logs)
         outbox.sessions, outbox.hub = sessions, hub

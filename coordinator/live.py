@@ -306,10 +306,6 @@ class Hub:
                         self.grids.pop(key[5:], None)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _push_all(subs: set[_Sub], frame: bytes) -> None:
     for sub in subs:
         sub.push(frame)
@@ -330,7 +326,7 @@ class LiveEndpoint:
         self.hub = hub
         self.accounts = accounts
         self.config = config
-        self.logs = logs  # each live session is logged as l<epoch>.<n>-live-<account>
+        self.logs = logs  # each live session is logged as l<epoch>.<n>-live-<account name>
         self.epoch = epoch
         self._ids = itertools.count(1)
         self.subs: set[_Sub] = set()
@@ -371,8 +367,8 @@ class LiveEndpoint:
             return
         sub = _Sub(account, self.config.live_queue_max, caller)
         if self.logs is not None:
-            sub.log = self.logs.open(f"l{self.epoch}.{next(self._ids)}", f"live-{account.id}",
-                                     _now_ms(), proto="json")
+            sub.log = self.logs.open(f"l{self.epoch}.{next(self._ids)}",
+                                     f"live-{account.name}", proto="json")
         self.subs.add(sub)
         self._per_account[account.id] = self._per_account.get(account.id, 0) + 1
         # registered: a revocation from now on ends it (close_token), and one made since the
@@ -395,7 +391,7 @@ class LiveEndpoint:
                 self._per_account[account.id] = left
             self.hub.unsubscribe(sub)
             if sub.log is not None:
-                sub.log.close(_now_ms())
+                sub.log.close()
 
     async def _reader(self, ws: WebSocket, sub: _Sub) -> None:
         """Handle the client's messages until it leaves, or until it must be closed: too
@@ -419,8 +415,8 @@ class LiveEndpoint:
             except DECODE_ERRORS as exc:
                 sub.push(ENCODER.encode(lv.LiveError(f"malformed message: {exc}")))
                 continue
-            if sub.log is not None:
-                sub.log.write(IN, text.encode(), _now_ms())
+            if sub.log is not None and self.logs is not None:
+                sub.log.write(IN, text.encode(), self.logs.now_ms())
             if isinstance(msg, lv.Subscribe):
                 for topic in msg.topics:
                     why = self.hub.subscribe(sub, topic)
@@ -441,8 +437,8 @@ class LiveEndpoint:
                     break
                 while sub.queue:
                     frame = sub.queue.popleft()
-                    if sub.log is not None:
-                        sub.log.write(OUT, frame, _now_ms())
+                    if sub.log is not None and self.logs is not None:
+                        sub.log.write(OUT, frame, self.logs.now_ms())
                     await send({"type": "websocket.send", "text": frame.decode()})
                 if sub.ending is not None:
                     await ws.close(*sub.ending)

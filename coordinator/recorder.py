@@ -2,7 +2,7 @@
 
 Journal (``<data-dir>/journal/``): segments of length-prefixed MessagePack records. A segment
 opens with a header carrying the core's configuration and a snapshot of its whole state,
-so it replays on its own; then batches of events, one batch per flush: each event exactly as
+so it replays on its own; then batches of events (see Journal): each event exactly as
 the core saw it (its id and time included) and a fingerprint of each effect it produced
 (bytes fields are replaced by their length, so a result's output is stored once, in its
 event; the effects that carry bytes also carry the coordinator's digest of them). Readers

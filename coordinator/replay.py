@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from coordinator.core import effects as fx
 from coordinator.core.core import Core
 from coordinator.core.events import Event
 from coordinator.recorder import READS, Entry, Header, fingerprint, read_segment
@@ -101,7 +102,18 @@ def load_snapshot(path: Path, header: Header) -> Core:
         raise IncompatibleRecording(
             f"{path.name}: its core snapshot lacks {', '.join(missing)}: it was recorded by a "
             "build whose core classes differ")
+    _wrap_outputs(core)
     return core
+
+
+def _wrap_outputs(core: Core) -> None:
+    """Votes held in a format-2 snapshot have plain bytes outputs; the core that recorded it
+    folded them out of effects by type, as this one does by ``fx.Output``: wrap them, so a
+    result decided by such a vote fingerprints as recorded."""
+    for task in core.tasks.values():
+        for chunk, votes in task.votes.items():
+            task.votes[chunk] = [dataclasses.replace(v, output=fx.Output.of(v.output))
+                                 for v in votes]
 
 
 def _missing_attributes(core: Core) -> list[str]:

@@ -4,8 +4,9 @@
 
 The coordinator (``coordinator/sessionlogs.py``) starts it and writes records to its stdin:
 a header (``sessionlogs.HEAD``: kind, log handle, time, length), then the frame. It exits at
-the end of its input, having written everything; it ignores Ctrl-C (which reaches the whole
-process group) so that it outlives the coordinator's own shutdown.
+the end of its input, having written everything. It ignores SIGINT, SIGTERM and SIGHUP (a
+Ctrl-C, or a service manager stopping the whole group, reaches it too), so that it outlives
+the coordinator's shutdown or death and writes what it was handed. It runs at nice 10.
 
 One file per session, one line per message, in order::
 
@@ -40,6 +41,8 @@ from coordinator.sessionlogs import CLOSE, DROPPED, HEAD, IN, OPEN, OUT
 from schema import worker as w
 
 READ_BYTES = 1 << 20
+WRITE_EVERY_S = 0.5  # formatted lines reach their files at least this often ...
+WRITE_BYTES = 1 << 20  # ... or once this many wait
 NICE = 10  # on a busy machine the writer runs in the gaps (its input waits in the pipe)
 TRIM_EVERY_S = 10.0
 _JSON = msgspec.json.Encoder()
@@ -71,7 +74,9 @@ class Writer:
         self.payload_bytes_max = payload_bytes_max
         self.bytes_max = bytes_max
         self.logs: dict[int, _Log] = {}
+        self.unwritten = 0  # bytes of lines formatted, not yet appended to their files
         self._trimmed = time.monotonic()
+        self._failed: set[str] = set()  # errors reported (each once)
         root.mkdir(parents=True, exist_ok=True)
 
     def feed(self, data: bytearray) -> int:
@@ -91,18 +96,21 @@ class Writer:
             meta = msgspec.json.decode(frame)
             opened = self.logs[handle] = _Log(self.root / Path(meta["file"]).name,
                                               meta["proto"], t)
-            opened.path.touch()
+            self._append(opened)  # the file exists from the session's start
             return
         log = self.logs.get(handle)
         if log is None:
             return
         if kind in _DIRECTIONS:
-            log.lines += self._line(log, kind, t - log.t0, frame)
+            line = self._line(log, kind, t - log.t0, frame)
         elif kind == DROPPED:
-            log.lines += b'{"t":%d,"dir":"note","dropped":%d,"why":"the log writer fell ' \
-                         b'behind (TN_SESSION_LOG_BUFFER_BYTES_MAX)"}\n' % (
-                             t - log.t0, int(frame))
-        elif kind == CLOSE:
+            line = b'{"t":%d,"dir":"note","dropped":%d,"why":"the log writer fell behind ' \
+                   b'(TN_SESSION_LOG_BUFFER_BYTES_MAX)"}\n' % (t - log.t0, int(frame))
+        else:
+            line = b""
+        log.lines += line
+        self.unwritten += len(line)
+        if kind == CLOSE:
             self._append(log)
             del self.logs[handle]
 
@@ -156,10 +164,20 @@ class Writer:
                               keep={log.path.name for log in self.logs.values()})
 
     def _append(self, log: _Log) -> None:
-        if log.lines:
+        """Append ``log``'s lines to its file (creating it); a failure (disk full, the
+        directory gone) loses these lines, says so once per kind of error, and goes on."""
+        try:
             with open(log.path, "ab") as f:
                 f.write(log.lines)
-            log.lines.clear()
+        except OSError as exc:
+            why = f"{type(exc).__name__} {exc.errno}"
+            if why not in self._failed:
+                self._failed.add(why)
+                print(f"session log writer: cannot write {log.path} ({exc}); its lines are "
+                      "lost, and so will be those of any log that fails alike: free disk "
+                      "space or fix the directory's permissions", file=sys.stderr)
+        self.unwritten -= len(log.lines)
+        log.lines.clear()
 
 
 class _Typed(msgspec.Struct):
@@ -214,18 +232,28 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator ends us: end of input
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the coordinator ends us
+        signal.signal(sig, signal.SIG_IGN)  # (end of input), also when its group is stopped
     os.nice(NICE)  # background work: the coordinator and workers come first
     writer = Writer(Path(args[0]), int(args[1]), int(args[2]))
     pending = bytearray()
     stdin = sys.stdin.fileno()
-    while chunk := os.read(stdin, READ_BYTES):
-        pending += chunk
-        del pending[:writer.feed(pending)]
-        if not select.select([stdin], [], [], 0)[0]:  # caught up: write what we have
+    written = time.monotonic()
+    while True:
+        # wait for input, but no longer than the lines formatted so far may wait
+        wait_s = max(0.0, written + WRITE_EVERY_S - time.monotonic()) if writer.unwritten \
+            else None
+        if select.select([stdin], [], [], wait_s)[0]:
+            chunk = os.read(stdin, READ_BYTES)
+            if not chunk:
+                break
+            pending += chunk
+            del pending[:writer.feed(pending)]
+        if writer.unwritten >= WRITE_BYTES or (
+                writer.unwritten and time.monotonic() - written >= WRITE_EVERY_S):
             writer.write_out()
-    for log in writer.logs.values():
-        writer._append(log)
+            written = time.monotonic()
+    writer.write_out()
     if pending:
         print(f"session log writer: the input ended inside a record ({len(pending)} bytes "
               "left); the coordinator stopped mid-write", file=sys.stderr)

@@ -179,9 +179,8 @@ class WorkerSessions:
         conn = _Conn(self.config.session_queue_max, account_id, token.token_hash,
                      token.expires_ms)
         if self.logs is not None:
-            now = self.runtime.clock.now_ms()
-            conn.log = self.logs.open(session_id, f"worker-{msg.worker_id}", now)
-            conn.log.write(IN, frame, now)  # the helper writing it redacts the token
+            conn.log = self.logs.open(session_id, f"worker-{msg.worker_id}")
+            conn.log.write(IN, frame, self.logs.now_ms())  # the writer redacts the token
         self.conns[session_id] = conn
         self._per_account[account_id] = self._per_account.get(account_id, 0) + 1
         said_hello = False
@@ -206,7 +205,7 @@ class WorkerSessions:
             if left:
                 self._per_account[account_id] = left
             if conn.log is not None:
-                conn.log.close(self.runtime.clock.now_ms())
+                conn.log.close()
             if said_hello:
                 with anyio.CancelScope(shield=True):
                     await self._post(SessionClosed(0, 0, session_id, "connection closed"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 from coordinator import replay
 from coordinator.core import effects as fx
 from coordinator.core.core import Core, CoreConfig
-from coordinator.core.events import ResultIn
+from coordinator.core.events import ResultIn, TaskSubmitted
+from coordinator.core.state import Vote
 from coordinator.recorder import Batch, Entry, Header, Journal, fingerprint, read_segment
 
 OUT = msgspec.msgpack.encode([1, 2])
@@ -100,3 +102,19 @@ def test_unknown_formats_and_torn_batches_are_refused_clearly(
     write_records(torn, [header, Batch([rest[0].event, rest[1].event], [rest[0].effects])])
     assert replay.main([str(torn)]) == 2
     assert "a batch of 2 events has 1 lists of effects" in capsys.readouterr().err
+
+
+def test_votes_held_in_a_format_2_snapshot_fingerprint_as_recorded(tmp_path: Path) -> None:
+    """Format 2 cores held votes' outputs as plain bytes (and folded them out of effects by
+    type): replay wraps them, so a result such a vote decides records its output's length."""
+    core = Core(CoreConfig(), 1)
+    core.handle(TaskSubmitted(1, 10, "t_1", "alice", "t", 2, 2, 1, 4, 3, 60_000, [], "code"))
+    core.tasks["t_1"].votes[0] = [Vote(7, "a_1", "w1", "d", OUT, 10)]  # type: ignore[arg-type]
+    path = tmp_path / "old.tnj"
+    header = Header(2, 1, 0, pickle.dumps(core, protocol=5))
+    write_records(path, [header])
+    loaded = replay.load_snapshot(path, header)
+    [vote] = loaded.tasks["t_1"].votes[0]
+    assert type(vote.output) is fx.Output and vote.output == OUT
+    effect = fx.PersistResult(2, "t_1", 0, 7, "a_1", "w1", vote.output, "d", 1, 20)
+    assert fingerprint(effect)["output"] == len(OUT)

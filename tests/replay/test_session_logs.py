@@ -9,16 +9,20 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 from websockets.asyncio.client import connect
 
-from coordinator import redrive
+from coordinator import redrive, sessionlogs
 from coordinator.sessionlog_writer import Writer, trim_session_logs
 from coordinator.sessionlogs import (
     CLOSE,
@@ -131,16 +135,29 @@ def test_trim_deletes_the_oldest_and_open_sessions_last(tmp_path: Path) -> None:
 # ---- the helper process -----------------------------------------------------------------
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = 1_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def session_logs(root: Path, buffer_bytes_max: int = 1 << 20) -> tuple[SessionLogs, FakeClock]:
+    clock = FakeClock()
+    return SessionLogs(root, 4096, 1 << 30, buffer_bytes_max, clock), clock
+
+
 async def test_the_helper_writes_every_session_in_order(tmp_path: Path) -> None:
-    logs = SessionLogs(tmp_path, 4096, 1 << 30, 1 << 20)
-    a = logs.open("s1.1", "worker-a/../x", 1_000)
-    b = logs.open("s1.2", "worker-b", 1_000)
+    logs, _clock = session_logs(tmp_path)
+    a = logs.open("s1.1", "worker-a/../x")
+    b = logs.open("s1.2", "worker-b")
     for i in range(500):
         a.write(OUT, ENC.encode(w.Accepted(i, i)), 1_000 + i)
         if i == 250:
             await logs.flush()  # the helper starts and gets the first half
         b.write(IN, ENC.encode(w.Heartbeat([i])), 1_000 + i)
-    a.close(2_000)
+    a.close()
     await logs.flush()
     helper = logs._helper
     assert helper is not None
@@ -156,39 +173,108 @@ async def test_the_helper_writes_every_session_in_order(tmp_path: Path) -> None:
 
 async def test_a_dead_helper_stops_the_logs_not_the_coordinator(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    logs = SessionLogs(tmp_path, 4096, 1 << 30, 1 << 20)
-    log = logs.open("s1.1", "worker-a", 0)
-    log.write(IN, ENC.encode(HELLO), 0)
+    logs, _clock = session_logs(tmp_path)
+    log = logs.open("s1.1", "worker-a")
+    log.write(IN, ENC.encode(HELLO), 1_000)
     await logs.flush()
     assert logs._helper is not None
     logs._helper.kill()
     await logs._helper.wait()
     for i in range(3):  # the pipe may take a write or two before it breaks
-        log.write(OUT, ENC.encode(w.Accepted(i, 0)), i)
+        log.write(OUT, ENC.encode(w.Accepted(i, 0)), 1_000 + i)
         await logs.flush()
     assert "session logs stop" in caplog.text and "TN_SESSION_LOGS_ENABLED" in caplog.text
-    log.write(OUT, ENC.encode(w.Accepted(9, 0)), 9)
-    log.close(10)
+    log.write(OUT, ENC.encode(w.Accepted(9, 0)), 1_009)
+    log.close()
     assert logs.buffer == b""  # nothing piles up
     await logs.aclose()
 
 
 async def test_past_its_buffer_limit_a_log_leaves_messages_out_and_says_so(
         tmp_path: Path) -> None:
+    """Also when the session ends before the next hand-over: the note precedes the close."""
     frame = ENC.encode(w.Accepted(1, 0))
-    logs = SessionLogs(tmp_path, 4096, 1 << 30, 10 * (len(frame) + 17))
-    log = logs.open("s1.1", "worker-a", 0)
+    logs, clock = session_logs(tmp_path, 10 * (len(frame) + 17))
+    first, second = logs.open("s1.1", "worker-a"), logs.open("s1.2", "worker-b")
     for i in range(30):
-        log.write(OUT, frame, i)
+        first.write(OUT, frame, 1_000 + i)
+    clock.ms = 1_100
+    first.close()  # over the limit still: its note goes in before its end
     await logs.flush()
-    log.write(OUT, frame, 40)  # room again after the hand-over
-    log.close(41)
+    second.write(OUT, frame, 1_200)  # room again after the hand-over
+    second.close()
     await logs.aclose()
-    [path] = tmp_path.glob("*.jsonl")
+    [path] = tmp_path.glob("*-s1.1-*.jsonl")
     got = lines(path)
-    notes = [x for x in got if x["dir"] == "note"]
     kept = sum(1 for x in got if x["dir"] == "out")
-    assert len(notes) == 1 and notes[0]["dropped"] == 30 - (kept - 1) and kept >= 10
+    assert 1 <= kept < 30  # (the two opens take room too)
+    assert got[-1] == {"t": 100, "dir": "note", "dropped": 30 - kept, "why": got[-1]["why"]}
+    [path] = tmp_path.glob("*-s1.2-*.jsonl")
+    assert [x["dir"] for x in lines(path)] == ["out"]
+
+
+async def test_shutdown_stops_a_helper_that_stopped_reading(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessionlogs, "WAIT_EXIT_S", 1.0)
+    logs, _clock = session_logs(tmp_path, 64 << 20)
+    log = logs.open("s1.1", "worker-a")
+    log.write(IN, ENC.encode(HELLO), 1_000)
+    await logs.flush()
+    assert logs._helper is not None
+    helper = logs._helper
+    os.kill(helper.pid, signal.SIGSTOP)  # as if stuck: the pipe fills and stays full
+    big = ENC.encode(w.Heartbeat(list(range(1000))))
+    for _i in range(4000):  # far more than a pipe holds
+        log.write(IN, big, 1_000)
+    started = time.monotonic()
+    with anyio.fail_after(10):
+        await logs.aclose()
+    assert time.monotonic() - started < 3
+    assert helper.returncode == -signal.SIGKILL
+    assert "did not finish within 1 s" in caplog.text
+
+
+def test_the_helper_ignores_termination_signals_and_writes_while_fed(tmp_path: Path) -> None:
+    """A service manager stopping the whole group must not cost the logs what the helper
+    holds; and lines reach their files while input keeps coming (none is left waiting for
+    a pause in it)."""
+    helper = subprocess.Popen([sys.executable, "-m", "coordinator.sessionlog_writer",
+                               str(tmp_path), "4096", str(1 << 30)], stdin=subprocess.PIPE)
+    assert helper.stdin is not None
+    frame = ENC.encode(w.Accepted(1, 0))
+    helper.stdin.write(record(OPEN, 1, 0, open_meta("fed.jsonl", "msgpack")))
+    helper.stdin.flush()
+    try:  # the file is made on OPEN, once the writer is up (its signals set)
+        wait_until(lambda: (tmp_path / "fed.jsonl").exists(), 10, "the writer to start")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            helper.send_signal(sig)
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "fed.jsonl").stat().st_size:
+            assert time.monotonic() < deadline, "nothing written while the input kept coming"
+            helper.stdin.write(record(OUT, 1, 1, frame) * 200)
+            helper.stdin.flush()
+        assert helper.poll() is None
+    finally:
+        helper.stdin.close()
+        assert helper.wait(10) == 0
+    assert all(x["msg"]["lease_id"] == 1 for x in lines(tmp_path / "fed.jsonl"))
+
+
+def test_a_log_that_cannot_be_written_loses_its_lines_not_the_writer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "sessions"
+    writer = Writer(root, 64, 1 << 20)
+    writer.feed(bytearray(record(OPEN, 1, 0, open_meta("a.jsonl", "msgpack"))))
+    shutil.rmtree(root)  # the directory is gone (or the disk full)
+    frame = ENC.encode(w.Accepted(1, 0))
+    for n in range(3):
+        writer.feed(bytearray(record(OUT, 1, n, frame)))
+        writer.write_out()
+    assert capsys.readouterr().err.count("cannot write") == 1  # said once
+    root.mkdir()
+    writer.feed(bytearray(record(OUT, 1, 5, frame) + record(CLOSE, 1, 6)))
+    assert [x["t"] for x in lines(root / "a.jsonl")] == [5]
 
 
 # ---- a real coordinator -------------------------------------------------------------------
@@ -215,37 +301,48 @@ async def _watch_dashboard(url: str, token: str) -> None:
         assert kinds == {"task", "wallet"}, kinds
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_a_killed_coordinator_still_logs_what_it_handed_over(tmp_path: Path) -> None:
-    """Worker and dashboard sessions are logged; SIGKILL the coordinator a second later and
-    its helper still writes everything it was handed, then exits."""
+    """Worker and dashboard sessions are logged. With the helper stopped, everything the
+    sessions said reaches only the pipe; SIGKILL the coordinator, let the helper go on, and
+    it writes all of it, then exits."""
     cluster = Cluster(tmp_path / "cluster")
     try:
         coord = cluster.coordinator(FAST_ENV)
         worker = cluster.worker(coord, "logged", slots=2)
+        helper = wait_until(lambda: [
+            pid for pid in _children(coord.pid)
+            if b"sessionlog_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()],
+            10, "the session log writer to start (at the first hand-over)")[0]
+        sessions = coord.data_dir / "sessions"
+        wait_until(lambda: any(p.stat().st_size for p in sessions.glob("*-worker-logged.jsonl")),
+                   10, "the worker's hello to be logged")
+        os.kill(helper, signal.SIGSTOP)
         api = coord.api()
         task = api.submit("def process(item):\n    return item + 1\n", list(range(40)),
                           {"chunk_size": 4})
         info = api.wait_state(task["id"], timeout_s=60, watch=(worker,))
         assert info["state"] == "completed", info
         asyncio.run(_watch_dashboard(coord.ws_url, coord.customer_token))
-        sessions = coord.data_dir / "sessions"
-        wait_until(lambda: any(
-            '"type":"accepted"' in p.read_text() for p in sessions.glob("*-worker-logged.jsonl")),
-            10, "the worker's log to hold its results")
-        [helper] = [pid for pid in _children(coord.pid)
-                    if b"sessionlog_writer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        time.sleep(1.5)  # a flush hands everything over
-        os.kill(coord.pid, signal.SIGKILL)
-        wait_until(lambda: not Path(f"/proc/{helper}").exists() or b"Z" in Path(
-            f"/proc/{helper}/stat").read_bytes().rsplit(b")", 1)[1][:3], 10,
-            "the helper to finish and exit")
+        time.sleep(1.5)  # a hand-over: all of it into the pipe, none of it on disk
         [worker_log] = sessions.glob("*-worker-logged.jsonl")
+        assert '"type":"result"' not in worker_log.read_text()
+        assert not list(sessions.glob("*-live-*.jsonl"))
+        os.kill(coord.pid, signal.SIGKILL)
+        os.kill(helper, signal.SIGCONT)
+        wait_until(lambda: _gone(helper), 10, "the helper to finish and exit")
         got = lines(worker_log)  # every line whole
         assert got[0]["dir"] == "in" and got[0]["msg"]["type"] == "hello"
         results = [x for x in got if x["dir"] == "in" and x["msg"]["type"] == "result"]
         accepted = [x for x in got if x["dir"] == "out" and x["msg"]["type"] == "accepted"]
         assert len(results) == len(accepted) == 10
-        [live_log] = sessions.glob("*-live-*.jsonl")
+        [live_log] = sessions.glob("*-live-demo-customer.jsonl")  # named by the account's name
         live = lines(live_log)
         assert live[0] == {"t": live[0]["t"], "dir": "in", "msg": {
             "type": "subscribe", "topics": ["tasks", "wallet"]}}
