@@ -174,11 +174,11 @@ class Runtime:
                     self.journal.record(self.core, event, out)
                 effects.extend(out)
             self.events_handled += len(batch)
-            if self.journal is not None:
-                self.journal.maybe_flush(event.at_ms)
             if self.core.lease_ids_left < EPOCH_REFILL_AT:
                 self.post(EpochStarted(0, 0, await self.store.next_epoch()))
             await self._commit_send.send((effects, waited, self._eid))
+            if self.journal is not None:  # after the turn is on its way to the commit
+                self.journal.maybe_flush(event.at_ms)
 
     async def _commit_loop(self) -> None:
         recv = self._commit_recv

@@ -6,7 +6,7 @@ The coordinator (``coordinator/sessionlogs.py``) starts it and writes records to
 a header (``sessionlogs.HEAD``: kind, log handle, time, length), then the frame. It exits at
 the end of its input, having written everything. It ignores SIGINT, SIGTERM and SIGHUP (a
 Ctrl-C, or a service manager stopping the whole group, reaches it too), so that it outlives
-the coordinator's shutdown or death and writes what it was handed. It runs at nice 10.
+the coordinator's shutdown or death and writes what it was handed. It runs at nice 19.
 
 One file per session, one line per message, in order::
 
@@ -43,7 +43,7 @@ from schema import worker as w
 READ_BYTES = 1 << 20
 WRITE_EVERY_S = 0.5  # formatted lines reach their files at least this often ...
 WRITE_BYTES = 1 << 20  # ... or once this many wait
-NICE = 10  # on a busy machine the writer runs in the gaps (its input waits in the pipe)
+NICE = 19  # on a busy machine the writer runs in the gaps (its input waits in the pipe)
 TRIM_EVERY_S = 10.0
 _JSON = msgspec.json.Encoder()
 _DECODE_IN = msgspec.msgpack.Decoder(w.WorkerMessage)

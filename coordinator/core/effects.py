@@ -11,7 +11,10 @@ import msgspec
 from schema.worker import CoordinatorMessage
 
 
-class Effect(msgspec.Struct, frozen=True, tag_field="fx"):
+class Effect(msgspec.Struct, frozen=True, tag_field="fx", gc=False):
+    """(``gc=False``: effects hold no cycles, so the garbage collector need not track them;
+    it then has no work for those the journal keeps until it encodes them.)"""
+
     cause: int
 
 

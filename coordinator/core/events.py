@@ -10,7 +10,9 @@ from __future__ import annotations
 import msgspec
 
 
-class Event(msgspec.Struct, frozen=True, tag_field="ev"):
+class Event(msgspec.Struct, frozen=True, tag_field="ev", gc=False):
+    """(``gc=False``: events hold no cycles; untracked, they cost the collector nothing.)"""
+
     eid: int
     at_ms: int
 

@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median: off {off:.0f} chunks/s, on {on:.0f} chunks/s: throughput with recording "
           f"{(on - off) / off * 100:+.1f} %; coordinator CPU per chunk {cpu_off:.0f} -> "
           f"{cpu_on:.0f} us ({(cpu_on - cpu_off) / cpu_off * 100:+.1f} %)")
+    # each on-run beside the off-run just before it: less exposed to the machine drifting
+    pairs = sorted((b - a) / a * 100 for a, b in zip(rates[False], rates[True], strict=True))
+    quarter = len(pairs) // 4
+    print(f"paired: median {statistics.median(pairs):+.1f} % over {len(pairs)} pairs "
+          f"(middle half {pairs[quarter]:+.1f} to {pairs[-1 - quarter]:+.1f} %)")
     return 0
 
 
