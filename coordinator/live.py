@@ -415,8 +415,8 @@ class LiveEndpoint:
             except DECODE_ERRORS as exc:
                 sub.push(ENCODER.encode(lv.LiveError(f"malformed message: {exc}")))
                 continue
-            if sub.log is not None and self.logs is not None:
-                sub.log.write(IN, text.encode(), self.logs.now_ms())
+            if sub.log is not None:
+                sub.log.write(IN, text.encode())
             if isinstance(msg, lv.Subscribe):
                 for topic in msg.topics:
                     why = self.hub.subscribe(sub, topic)
@@ -437,8 +437,8 @@ class LiveEndpoint:
                     break
                 while sub.queue:
                     frame = sub.queue.popleft()
-                    if sub.log is not None and self.logs is not None:
-                        sub.log.write(OUT, frame, self.logs.now_ms())
+                    if sub.log is not None:
+                        sub.log.write(OUT, frame)
                     await send({"type": "websocket.send", "text": frame.decode()})
                 if sub.ending is not None:
                     await ws.close(*sub.ending)

@@ -159,19 +159,19 @@ class SessionLog:
     """One session's log: ``write`` is on every logged message's path, so it only appends
     the frame (bytes as sent or received; the caller decoded it already, so it is valid)."""
 
-    __slots__ = ("_buffer", "_logs", "handle")
+    __slots__ = ("_buffer", "_logs", "_now_ms", "handle")
 
     def __init__(self, logs: SessionLogs, handle: int) -> None:
         self._logs = logs
         self._buffer = logs.buffer
+        self._now_ms = logs.now_ms
         self.handle = handle
 
-    def write(self, kind: int, frame: bytes, now_ms: int) -> None:
-        """Log ``frame``, ``kind`` ``IN`` (received) or ``OUT`` (sent), at ``now_ms`` (the
-        logs' clock: the caller has read it already)."""
+    def write(self, kind: int, frame: bytes) -> None:
+        """Log ``frame``, ``kind`` ``IN`` (received) or ``OUT`` (sent), now."""
         buffer = self._buffer
         if len(buffer) <= self._logs.buffer_bytes_max:
-            buffer += HEAD.pack(kind, self.handle, now_ms, len(frame))
+            buffer += HEAD.pack(kind, self.handle, self._now_ms(), len(frame))
             buffer += frame
         else:
             dropped = self._logs.dropped

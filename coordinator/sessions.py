@@ -154,7 +154,7 @@ class WorkerSessions:
             return
         frame = ENCODER.encode(message)
         if conn.log is not None:
-            conn.log.write(OUT, frame, self.runtime.clock.now_ms())
+            conn.log.write(OUT, frame)
         if not conn.put(frame):
             conn.closing = True
             conn.send.close()  # the writer notices and closes 1013
@@ -180,7 +180,7 @@ class WorkerSessions:
                      token.expires_ms)
         if self.logs is not None:
             conn.log = self.logs.open(session_id, f"worker-{msg.worker_id}")
-            conn.log.write(IN, frame, self.logs.now_ms())  # the writer redacts the token
+            conn.log.write(IN, frame)  # the log writer redacts the token
         self.conns[session_id] = conn
         self._per_account[account_id] = self._per_account.get(account_id, 0) + 1
         said_hello = False
@@ -293,7 +293,7 @@ class WorkerSessions:
                 try:
                     msg = DECODER.decode(data)
                     if log is not None:
-                        log.write(IN, data, self.runtime.clock.now_ms())
+                        log.write(IN, data)
                     event = _to_event(msg, session_id)
                     if event is None:
                         problem = "hello was already received; send it once per session"

@@ -149,14 +149,15 @@ def session_logs(root: Path, buffer_bytes_max: int = 1 << 20) -> tuple[SessionLo
 
 
 async def test_the_helper_writes_every_session_in_order(tmp_path: Path) -> None:
-    logs, _clock = session_logs(tmp_path)
+    logs, clock = session_logs(tmp_path)
     a = logs.open("s1.1", "worker-a/../x")
     b = logs.open("s1.2", "worker-b")
     for i in range(500):
-        a.write(OUT, ENC.encode(w.Accepted(i, i)), 1_000 + i)
+        clock.ms = 1_000 + i
+        a.write(OUT, ENC.encode(w.Accepted(i, i)))
         if i == 250:
             await logs.flush()  # the helper starts and gets the first half
-        b.write(IN, ENC.encode(w.Heartbeat([i])), 1_000 + i)
+        b.write(IN, ENC.encode(w.Heartbeat([i])))
     a.close()
     await logs.flush()
     helper = logs._helper
@@ -175,16 +176,16 @@ async def test_a_dead_helper_stops_the_logs_not_the_coordinator(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     logs, _clock = session_logs(tmp_path)
     log = logs.open("s1.1", "worker-a")
-    log.write(IN, ENC.encode(HELLO), 1_000)
+    log.write(IN, ENC.encode(HELLO))
     await logs.flush()
     assert logs._helper is not None
     logs._helper.kill()
     await logs._helper.wait()
     for i in range(3):  # the pipe may take a write or two before it breaks
-        log.write(OUT, ENC.encode(w.Accepted(i, 0)), 1_000 + i)
+        log.write(OUT, ENC.encode(w.Accepted(i, 0)))
         await logs.flush()
     assert "session logs stop" in caplog.text and "TN_SESSION_LOGS_ENABLED" in caplog.text
-    log.write(OUT, ENC.encode(w.Accepted(9, 0)), 1_009)
+    log.write(OUT, ENC.encode(w.Accepted(9, 0)))
     log.close()
     assert logs.buffer == b""  # nothing piles up
     await logs.aclose()
@@ -196,12 +197,12 @@ async def test_past_its_buffer_limit_a_log_leaves_messages_out_and_says_so(
     frame = ENC.encode(w.Accepted(1, 0))
     logs, clock = session_logs(tmp_path, 10 * (len(frame) + 17))
     first, second = logs.open("s1.1", "worker-a"), logs.open("s1.2", "worker-b")
-    for i in range(30):
-        first.write(OUT, frame, 1_000 + i)
+    for _ in range(30):
+        first.write(OUT, frame)
     clock.ms = 1_100
     first.close()  # over the limit still: its note goes in before its end
     await logs.flush()
-    second.write(OUT, frame, 1_200)  # room again after the hand-over
+    second.write(OUT, frame)  # room again after the hand-over
     second.close()
     await logs.aclose()
     [path] = tmp_path.glob("*-s1.1-*.jsonl")
@@ -219,14 +220,14 @@ async def test_shutdown_stops_a_helper_that_stopped_reading(
     monkeypatch.setattr(sessionlogs, "WAIT_EXIT_S", 1.0)
     logs, _clock = session_logs(tmp_path, 64 << 20)
     log = logs.open("s1.1", "worker-a")
-    log.write(IN, ENC.encode(HELLO), 1_000)
+    log.write(IN, ENC.encode(HELLO))
     await logs.flush()
     assert logs._helper is not None
     helper = logs._helper
     os.kill(helper.pid, signal.SIGSTOP)  # as if stuck: the pipe fills and stays full
     big = ENC.encode(w.Heartbeat(list(range(1000))))
     for _i in range(4000):  # far more than a pipe holds
-        log.write(IN, big, 1_000)
+        log.write(IN, big)
     started = time.monotonic()
     with anyio.fail_after(10):
         await logs.aclose()

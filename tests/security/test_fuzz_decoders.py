@@ -28,11 +28,9 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -54,14 +52,13 @@ from coordinator.http_api import _parse_spec
 from coordinator.http_auth import ApiError
 from coordinator.http_wallet import check_amount, decode_body
 from coordinator.parsing import DECODE_ERRORS
-from coordinator.sessionlog_writer import Writer
-from coordinator.sessionlogs import CLOSE, IN, OPEN, open_meta, record
 from coordinator.uploads import UploadError, UploadLimits, parse_code, parse_dataset
 from schema import worker as w
 from schema.rest import DepositRequest, FundRequest, WithdrawRequest
 from tests.e2e.harness import Cluster, Coordinator, Worker
 from tests.e2e.rest import Api
 from tests.e2e.wire import ENC, Peer, items_of, session
+from tests.replay.logline import logged
 from tests.security.tenants import unexplained_tracebacks
 
 # SECURITY_FUZZ_EXAMPLES=N runs N examples of every property (CI: the defaults below)
@@ -167,19 +164,6 @@ def test_worker_decoder(frame: bytes) -> None:
         assert line["dir"] == "in" and line["msg"]["type"] == msg.__struct_config__.tag, line
         if isinstance(msg, w.Hello):
             assert line["msg"]["token"] == "<redacted>"
-
-
-def logged(frame: bytes, proto: str) -> dict[str, Any]:
-    """The line the session log writer makes of ``frame`` received by a session."""
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = Writer(Path(tmp), 64, 1 << 20)
-        data = bytearray(record(OPEN, 1, 0, open_meta("s.jsonl", proto)) +
-                         record(IN, 1, 1, frame) + record(CLOSE, 1, 2))
-        assert writer.feed(data) == len(data)
-        [line, end] = (Path(tmp) / "s.jsonl").read_text(encoding="utf-8").split("\n")
-        assert end == ""  # one line (JSON may hold U+0085 and U+2028 raw: not line ends)
-    parsed: dict[str, Any] = json.loads(line)
-    return parsed
 
 
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
