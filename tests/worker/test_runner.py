@@ -67,7 +67,7 @@ def double(tmp_path: Path) -> Code:
     return Code(tmp_path, "double", "def process(item):\n    return item * 2\n")
 
 
-async def test_process_keeps_order_and_warm_round_trip_is_fast(
+async def test_process_keeps_order_over_many_warm_round_trips(
     runner: SlotRunner, double: Code
 ) -> None:
     assert await run(runner, double, [1, 2, 3, "a"]) == [2, 4, 6, "aa"]

@@ -7,7 +7,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from client.sandbox import LAYER_NAMES, STRICT_LAYERS, SandboxConfig, SandboxLim
 from client.worker import cli
 from client.worker import runner as runner_mod
 from client.worker.runner import RunnerLimits, SandboxRefused, SlotRunner, layer_names
-from tests.worker.test_runner import Code, enc, fails, run
+from tests.worker.test_runner import Code, fails, run
 
 RLIMIT_ONLY = frozenset(LAYER_NAMES) - {"rlimit"}
 NAMESPACES_ONLY = frozenset(LAYER_NAMES) - {"rlimit", "cpu-cap", "namespaces"}  # no caps layer
@@ -133,37 +132,21 @@ async def test_cpu_backstop_replaces_a_used_child_and_stops_a_runaway(tmp_path: 
         await runner.close()
 
 
-async def test_per_chunk_overhead_of_the_sandbox(tmp_path: Path) -> None:
-    """Warm round trips with every layer against rlimit only, interleaved so both see the same
-    machine load; the best of several rounds counts. The layers cost ~nothing per chunk."""
+async def test_every_layer_and_rlimit_only_run_the_same_chunk(tmp_path: Path) -> None:
+    """The two slots the sandbox benchmark compares (tests/bench/sandbox.py: what the layers
+    cost per chunk) hold the layers they say, and answer alike."""
     code = Code(tmp_path, "double", "def process(item):\n    return item * 2\n")
-    items = enc([1, 2, 3])
-    runners = {
-        "rlimit only": SlotRunner(RunnerLimits(sandbox_skip=RLIMIT_ONLY)),
-        "all layers": SlotRunner(RunnerLimits()),
-    }
-    best = dict.fromkeys(runners, float("inf"))
-    n = 400
+    runners = [SlotRunner(RunnerLimits(sandbox_skip=RLIMIT_ONLY)), SlotRunner(RunnerLimits())]
     try:
-        for runner in runners.values():
+        for runner in runners:
             await runner.start()
-            await runner.run(code.dir, code.digest, items, 10)
-        assert layer_names(runners["rlimit only"].layers) == ["rlimit"]
-        assert layer_names(runners["all layers"].layers) == list(LAYER_NAMES)
-        for _ in range(6):
-            for label, runner in runners.items():
-                start = time.perf_counter()
-                for _ in range(n):
-                    await runner.run(code.dir, code.digest, items, 10)
-                best[label] = min(best[label], (time.perf_counter() - start) / n * 1e6)
+        assert layer_names(runners[0].layers) == ["rlimit"]
+        assert layer_names(runners[1].layers) == list(LAYER_NAMES)
+        for runner in runners:
+            assert await run(runner, code, [1, 2, 3]) == [2, 4, 6]
     finally:
-        for runner in runners.values():
+        for runner in runners:
             await runner.close()
-    print(
-        f"\nwarm round trip per 3-item chunk: rlimit only {best['rlimit only']:.0f} us, "
-        f"all layers {best['all layers']:.0f} us"
-    )
-    assert best["all layers"] < 1.5 * best["rlimit only"] + 50
 
 
 # ---- a root worker's child drops to uid 65534 ----------------------------------------------
