@@ -18,9 +18,10 @@ coordinator's), as you would any pickle.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,15 +80,17 @@ def fingerprint(effect: fx.Effect) -> Any:
 class Journal:
     """Appends records to the current segment. The core loop calls ``record`` per event (on
     the hot path: it only keeps the event and its effects) and ``maybe_flush`` once per turn,
-    which encodes what was kept as one batch record once ``ENCODE_EVENTS`` wait, writes the
-    encoded records every ``flush_ms`` (or past ``WRITE_BYTES``), and starts a new segment
-    past ``segment_bytes``. Measured in the running coordinator (2,000-3,000 events a second,
-    under two a turn): a batch costs about 8 µs plus 2 µs an event, so encoding each turn's
-    events cost twice as much as batches of 64; keeping events a whole ``flush_ms`` made the
-    garbage collector promote them and run full collections (15 ms each, every few thousand
-    chunks); and one write per turn cost more than all the encoding. A crash loses at most
-    the last ``flush_ms`` plus a tick of the journal, never its order; the database, not the
-    journal, is what the coordinator restarts from."""
+    which encodes what was kept as one batch record once ``ENCODE_EVENTS`` wait, hands the
+    encoded records to the journal's writer thread every ``flush_ms`` (or past
+    ``WRITE_BYTES``), and starts a new segment past ``segment_bytes``.
+
+    Measured in the running coordinator (2,000-3,000 events a second, under two a turn): a
+    batch costs about 8 µs plus 2 µs an event, so encoding each turn's events cost twice as
+    much as batches of 64. A thread of the journal's own writes the segment: the event loop
+    only hands it bytes, so a slow or stuck disk never stalls the sessions (the GIL is free
+    while the thread is in the kernel). A crash loses at most the last ``flush_ms`` plus a
+    tick of the journal, never its order; the database, not the journal, is what the
+    coordinator restarts from."""
 
     ENCODE_EVENTS = 64
     WRITE_BYTES = 1 << 20
@@ -98,18 +101,29 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.bytes_max = bytes_max
         self.flush_ms = flush_ms
-        self._file: IO[bytes] | None = None
+        self._file: IO[bytes] | None = None  # the segment being written (None: stopped)
         self._events: list[Event] = []  # kept, not yet encoded
         self._effects: list[list[fx.Effect]] = []
         self._core: Core | None = None  # the core they came from (for a new segment)
-        self._buffer = bytearray()  # records encoded, not yet written
+        self._buffer = bytearray()  # records encoded, not yet handed to the writer
         self._flushed_ms = 0
         self._written = 0
         self.path: Path | None = None
+        # the writer thread's work, in order: (file, bytes) to write, (file, None) to close,
+        # or an Event to set once everything before it is done
+        # (or None: the thread ends; ``close`` sends it, a new segment starts a new thread)
+        self._work: queue.SimpleQueue[
+            tuple[IO[bytes], bytes | None] | threading.Event | None] = queue.SimpleQueue()
+        self._failed: OSError | None = None  # set by the writer: recording stops
+        self._writer: threading.Thread | None = None
         root.mkdir(parents=True, exist_ok=True)
 
     def open_segment(self, core: Core, now_ms: int) -> None:
-        self.close()
+        self._end_segment()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="tn-journal",
+                                            daemon=True)
+            self._writer.start()
         name = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now_ms / 1000))}-e{core.epoch}"
         path = self.root / f"{name}.tnj"
         n = 1
@@ -117,7 +131,7 @@ class Journal:
             n += 1
             path = self.root / f"{name}-{n}.tnj"
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 (kept open)
+        self._file = open(path, "wb")  # noqa: SIM115 (the writer thread closes it)
         self._written = 0
         self._append(Header(JOURNAL_VERSION, core.epoch, now_ms,
                             pickle.dumps(core, protocol=5)))
@@ -132,10 +146,10 @@ class Journal:
             self._core = core
 
     def maybe_flush(self, now_ms: int) -> None:
-        """At the end of a turn: encode the events kept if enough wait; write if ``flush_ms``
-        passed since the last write or much waits; then begin a new segment if this one is
-        full (the core's state is then exactly the state after the last recorded event, the
-        new segment's snapshot)."""
+        """At the end of a turn: encode the events kept if enough wait; hand them to the
+        writer if ``flush_ms`` passed since the last time or much waits; then begin a new
+        segment if this one is full (the core's state is then exactly the state after the
+        last recorded event, the new segment's snapshot)."""
         if len(self._events) >= self.ENCODE_EVENTS:
             self._encode()
         if now_ms - self._flushed_ms >= self.flush_ms or len(self._buffer) >= self.WRITE_BYTES:
@@ -150,32 +164,68 @@ class Journal:
             self._events, self._effects = [], []
 
     def flush(self) -> None:
+        """Encode what was kept and hand it to the writer (``sync`` waits for the disk)."""
+        if self._failed is not None:
+            self._stop()
         self._encode()
         if self._file is not None and self._buffer:
-            try:  # a buffered file writes all or raises: never a torn record mid-segment
-                self._file.write(self._buffer)
-                self._file.flush()
-            except OSError as exc:  # disk full, file too large: serving matters more
+            self._work.put((self._file, bytes(self._buffer)))
+        self._buffer.clear()
+
+    def sync(self) -> None:
+        """Wait until the writer has written everything handed to it."""
+        if self._writer is not None:
+            done = threading.Event()
+            self._work.put(done)
+            done.wait()
+        if self._failed is not None:
+            self._stop()
+
+    def _write_loop(self) -> None:
+        failed = False
+        while True:
+            work = self._work.get()
+            if work is None:
+                return
+            if isinstance(work, threading.Event):
+                work.set()
+                continue
+            file, data = work
+            try:
+                if data is None:
+                    file.close()
+                elif not failed:  # a buffered file writes all or raises: whole records
+                    file.write(data)
+                    file.flush()
+            except Exception as exc:  # disk full, file too large: serving matters more
                 log.error("journal: writing %s failed (%s); recording stops until the "
                           "coordinator restarts: free disk space or lower "
-                          "TN_JOURNAL_BYTES_MAX", self.path, exc)
-                self._stop()
-            self._buffer.clear()
+                          "TN_JOURNAL_BYTES_MAX", getattr(file, "name", file), exc)
+                failed = True
+                self._failed = exc if isinstance(exc, OSError) else OSError(str(exc))
 
     def _stop(self) -> None:
         """Stop recording after a failed write: the segment ends at its last whole record."""
-        file, self._file = self._file, None
+        self._end_segment()
         self._events, self._effects = [], []
+        self._buffer.clear()
+
+    def _end_segment(self) -> None:
+        """Hand over what was kept, then have the writer close the segment."""
+        if self._failed is None:
+            self.flush()
+        file, self._file = self._file, None
         if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
+            self._work.put((file, None))
 
     def close(self) -> None:
-        if self._file is not None:
-            self.flush()
-        if self._file is not None:  # (a failed flush has closed it)
-            self._file.close()
-            self._file = None
+        """Write what was kept and close the segment; returns once it is on its file and
+        the writer thread has ended."""
+        self._end_segment()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._work.put(None)
+            writer.join()
         self._events, self._effects = [], []
         self._buffer.clear()
 

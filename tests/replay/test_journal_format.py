@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def test_events_go_in_batches_and_read_back_one_entry_each(tmp_path: Path) -> No
         journal.maybe_flush(1_000 + i)
     assert journal.path is not None
     path = journal.path
+    journal.sync()  # what was handed to the writer is on the file: the header only
     assert [r["kind"] for r in raw_records(path)] == ["header"]  # kept and encoded, unwritten
     journal.close()
     records = raw_records(path)
@@ -118,3 +120,37 @@ def test_votes_held_in_a_format_2_snapshot_fingerprint_as_recorded(tmp_path: Pat
     assert type(vote.output) is fx.Output and vote.output == OUT
     effect = fx.PersistResult(2, "t_1", 0, 7, "a_1", "w1", vote.output, "d", 1, 20)
     assert fingerprint(effect)["output"] == len(OUT)
+
+
+def test_the_caller_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """The event loop hands encoded records over; a writer thread writes them. A write
+    stuck on the disk holds up neither ``flush`` nor the next events."""
+    journal = Journal(tmp_path, 1 << 30, 1 << 30, flush_ms=0)
+    journal.open_segment(Core(CoreConfig(), 1), 0)
+    journal.sync()
+    entered, gate = threading.Event(), threading.Event()
+
+    class StuckDisk:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def write(self, data: bytes) -> int:
+            entered.set()
+            assert gate.wait(10), "flush waited for the disk"
+            return int(self.real.write(data))
+
+        def flush(self) -> None:
+            self.real.flush()
+
+        def close(self) -> None:
+            self.real.close()
+
+    journal._file = StuckDisk(journal._file)  # type: ignore[assignment]
+    for i in range(3):
+        journal.record(Core(CoreConfig(), 1), ResultIn(i + 1, i, "s1.1", i, OUT, "d"), [])
+        journal.flush()  # returns while the writer is stuck in the first write
+    assert entered.wait(10)
+    gate.set()
+    journal.close()
+    assert journal.path is not None
+    assert [e.event.eid for e in read_segment(journal.path) if isinstance(e, Entry)] == [1, 2, 3]
