@@ -62,7 +62,7 @@ from schema.worker import (
 )
 
 # No rate limits or quarantine here: the drain and deadlock checks assume every live worker
-# can take work. Fault attribution has its own tests (tests/core/test_scheduling_rules.py).
+# can take work. Fault attribution has its own tests (tests/core/test_rules_trust.py).
 CONFIG = CoreConfig(trust=TrustConfig(rate_limit_blame=10**9, quarantine_blame=10**9,
                                       invalid_quarantine=10**9))
 TICK_MS = 250
