@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from coordinator.parsing import DECODE_ERRORS
 from coordinator.sessionlogs import CLOSE, DROPPED, HEAD, IN, OPEN, OUT
 from schema import worker as w
 
@@ -118,7 +119,7 @@ class Writer:
         try:
             msg = (self._worker_msg(kind, frame) if log.proto == "msgpack"
                    else self._live_msg(kind, frame))
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             return b'{"t":%d,"dir":"note","unreadable":%b,"bytes":%d}\n' % (
                 t, _JSON.encode(f"{'in' if kind == IN else 'out'}: {exc}"), len(frame))
         return b'{"t":%d,"dir":%b,"msg":%b}\n' % (t, _DIRECTIONS[kind], msg)
