@@ -19,7 +19,6 @@ from coordinator.core.lifecycle import ChunkState, TaskState
 from schema.worker import PROTOCOL_VERSION, Accepted, Error, Rejected, Welcome
 from tests.core.core_steps import (
     ACCT,
-    CFG,
     HB,
     LEASE,
     assign,
@@ -34,12 +33,6 @@ from tests.core.core_steps import (
     step,
     submit,
 )
-
-
-@pytest.fixture
-def core() -> Core:
-    return Core(CFG, epoch=1)
-
 
 # ---- sessions and assignment ----------------------------------------------------------
 

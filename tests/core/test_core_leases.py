@@ -39,12 +39,6 @@ from tests.core.core_steps import (
     submit,
 )
 
-
-@pytest.fixture
-def core() -> Core:
-    return Core(CFG, epoch=1)
-
-
 # ---- silence, disconnects and reconnects ------------------------------------------------
 
 
