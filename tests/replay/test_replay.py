@@ -351,7 +351,7 @@ class RecordedSim(Sim):
     def __init__(self, seed: int, root: Path, flush_ms: int = 0) -> None:
         super().__init__(seed, Params(chaos_ms=15_000, drain_ms=15_000))
         self.journal = Journal(root, segment_bytes=32_000, bytes_max=1 << 30,
-                               flush_ms=flush_ms)
+                               flush_ms=flush_ms, wait_for_writer=True)
         self.recorded_core: Core | None = None
 
     def handle(self, build: Build) -> None:
