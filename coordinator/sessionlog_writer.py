@@ -6,7 +6,8 @@ The coordinator (``coordinator/sessionlogs.py``) starts it and writes records to
 a header (``sessionlogs.HEAD``: kind, log handle, time, length), then the frame. It exits at
 the end of its input, having written everything. It ignores SIGINT, SIGTERM and SIGHUP (a
 Ctrl-C, or a service manager stopping the whole group, reaches it too), so that it outlives
-the coordinator's shutdown or death and writes what it was handed. It runs at nice 19.
+the coordinator's shutdown or death and writes what it was handed. It runs as background work
+(see ``background``).
 
 One file per session, one line per message, in order::
 
@@ -25,6 +26,7 @@ while the writer was behind). The directory is kept under BYTES_MAX, oldest file
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import os
 import select
@@ -228,6 +230,16 @@ def trim_session_logs(root: Path, bytes_max: int, keep: Collection[str] = ()) ->
         path.unlink(missing_ok=True)
 
 
+def background() -> None:
+    """Run in the gaps the coordinator and workers leave: at nice 19 and, on Linux, in the
+    SCHED_IDLE class, whose tasks the scheduler preempts as soon as any other task wakes
+    (a nice 19 task is only weighed lower). While the machine is busy, the input waits in
+    the pipe and in the coordinator's buffer."""
+    os.nice(NICE)
+    with contextlib.suppress(AttributeError, OSError):  # not on Linux: nice alone
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the coordinator ends us
         signal.signal(sig, signal.SIG_IGN)  # (end of input), also when its group is stopped
-    os.nice(NICE)  # background work: the coordinator and workers come first
+    background()
     writer = Writer(Path(args[0]), int(args[1]), int(args[2]))
     pending = bytearray()
     stdin = sys.stdin.fileno()
