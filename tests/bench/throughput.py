@@ -11,6 +11,14 @@ from tests.bench.common import Coordinator, start_worker
 NOOP = "def process(item):\n    return item\n"
 
 
+def machine_jiffies() -> int:
+    """Clock ticks the whole machine has been busy so far (all CPUs, from /proc/stat): every
+    process, the kernel's work for them and interrupts."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    return user + nice + system + irq + softirq
+
+
 def measure(workers: int, slots: int, chunks: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         coord = Coordinator(Path(tmp) / "data")

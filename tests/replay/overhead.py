@@ -1,11 +1,22 @@
 """What recording costs: no-op chunks per second with recording off and on (the default).
 
-    .venv/bin/python -m tests.replay.overhead [--runs 3] [--chunks 5000] [--workers 2] [--slots 2]
+    .venv/bin/python -m tests.replay.overhead [--pairs 60] [--chunks 4000] [--compare off,on]
 
-Runs ``tests/bench/throughput.measure`` (real coordinator, real workers) alternately with
-``TN_JOURNAL_ENABLED=false TN_SESSION_LOGS_ENABLED=false`` and with both on, and prints each
-run, the medians and the overhead in percent. Timing depends on the machine and what else
-runs on it (see the load averages printed before and after), so no test asserts it.
+Two systems run side by side for the whole measurement, each a real coordinator with its
+own real workers (``--workers`` x ``--slots``): one with ``TN_JOURNAL_ENABLED=false
+TN_SESSION_LOGS_ENABLED=false``, one with both on. Tasks of ``--chunks`` no-op chunks go to
+one system, then the other, in the order A B B A A B ..., each after ``--pause-s`` of quiet
+(so that what one system writes after its task, such as the session log writer's last
+second, is done before the other's begins). Each pair of tasks gives one difference; the
+mean of the differences and its standard error say how far the result can be trusted.
+
+Why not one run with recording off, then one with it on: on a shared 2-core machine the
+speed of the same code drifts by 10 % or more within a minute (a 20 ms loop sometimes takes
+30 ms), so runs seconds apart with fresh processes differ by ~6 % each. Short tasks on
+systems that stay up, alternated, see the same machine.
+
+``--compare off,journal`` or ``off,logs`` measures one half of recording. Timing depends on
+the machine and what else runs on it, so no test asserts it.
 """
 
 from __future__ import annotations
@@ -14,64 +25,96 @@ import argparse
 import os
 import statistics
 import sys
-from typing import Any
+import tempfile
+import time
+from pathlib import Path
 
-from tests.bench.throughput import measure
+from tests.bench.common import Coordinator, Proc, start_worker
+from tests.bench.throughput import NOOP, machine_jiffies
 
-OFF = {"TN_JOURNAL_ENABLED": "false", "TN_SESSION_LOGS_ENABLED": "false"}
-
-
-def _measure(recording: bool, workers: int, slots: int, chunks: int) -> dict[str, Any]:
-    saved = {k: os.environ.get(k) for k in OFF}
-    for k, v in OFF.items():
-        if recording:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        return measure(workers, slots, chunks)
-    finally:
-        for k, old in saved.items():
-            if old is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = old
+MODES = {
+    "off": {"TN_JOURNAL_ENABLED": "false", "TN_SESSION_LOGS_ENABLED": "false"},
+    "on": {},
+    "journal": {"TN_SESSION_LOGS_ENABLED": "false"},
+    "logs": {"TN_JOURNAL_ENABLED": "false"},
+}
 
 
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+class System:
+    def __init__(self, mode: str, root: Path, workers: int, slots: int) -> None:
+        self.mode = mode
+        root.mkdir()
+        self.coord = Coordinator(root / "data", MODES[mode])
+        self.workers: list[Proc] = []
+        self.workers = [start_worker(self.coord, f"w{i}", slots, root / f"cache{i}")
+                        for i in range(workers)]
+        self.runs: list[dict[str, float]] = []
+
+    def run(self, chunks: int) -> dict[str, float]:
+        cpu0, busy0 = self.coord.cpu_s(), machine_jiffies()
+        task = self.coord.submit(NOOP, list(range(chunks)), {"chunk_size": 1})
+        info = self.coord.wait_task(task["id"])
+        cpu1, busy1 = self.coord.cpu_s(), machine_jiffies()
+        assert info["state"] == "completed", info
+        r = {"chunks_per_s": chunks / ((info["finished_ms"] - info["created_ms"]) / 1000),
+             "coordinator_cpu_us": (cpu1 - cpu0) / chunks * 1e6,
+             "machine_cpu_us": (busy1 - busy0) / os.sysconf("SC_CLK_TCK") / chunks * 1e6}
+        self.runs.append(r)
+        return r
+
+    def stop(self) -> None:
+        for p in self.workers:
+            p.stop()
+        self.coord.stop()
+
+
+def compare(a: list[float], b: list[float]) -> str:
+    diffs = [(y - x) / x * 100 for x, y in zip(a, b, strict=True)]
+    err = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return (f"median {statistics.median(a):.0f} -> {statistics.median(b):.0f}; paired mean "
+            f"{statistics.mean(diffs):+.1f} % +- {err:.1f} (standard error), median "
+            f"{statistics.median(diffs):+.1f} %")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--chunks", type=int, default=5000)
+    p.add_argument("--pairs", type=int, default=60)
+    p.add_argument("--chunks", type=int, default=4000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--pause-s", type=float, default=0.6)
+    p.add_argument("--compare", default="off,on", help=f"two of {', '.join(MODES)}")
     args = p.parse_args(argv)
-    print(f"load average before: {load()}")
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    cpu: dict[bool, list[float]] = {False: [], True: []}
-    for n in range(args.runs):
-        for recording in (False, True):
-            r = _measure(recording, args.workers, args.slots, args.chunks)
-            rates[recording].append(r["chunks_per_s"])
-            cpu[recording].append(r["coordinator_cpu_us_per_chunk"])
-            print(f"run {n + 1} recording {'on ' if recording else 'off'}: "
-                  f"{r['chunks_per_s']:.0f} chunks/s, coordinator "
-                  f"{r['coordinator_cpu_us_per_chunk']:.0f} us CPU/chunk", flush=True)
-    print(f"load average after: {load()}")
-    off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    cpu_off, cpu_on = statistics.median(cpu[False]), statistics.median(cpu[True])
-    print(f"median: off {off:.0f} chunks/s, on {on:.0f} chunks/s: throughput with recording "
-          f"{(on - off) / off * 100:+.1f} %; coordinator CPU per chunk {cpu_off:.0f} -> "
-          f"{cpu_on:.0f} us ({(cpu_on - cpu_off) / cpu_off * 100:+.1f} %)")
-    # each on-run beside the off-run just before it: less exposed to the machine drifting
-    pairs = sorted((b - a) / a * 100 for a, b in zip(rates[False], rates[True], strict=True))
-    quarter = len(pairs) // 4
-    print(f"paired: median {statistics.median(pairs):+.1f} % over {len(pairs)} pairs "
-          f"(middle half {pairs[quarter]:+.1f} to {pairs[-1 - quarter]:+.1f} %)")
+    modes = args.compare.split(",")
+    if len(modes) != 2 or not set(modes) <= set(MODES):
+        p.error(f"--compare takes two of {', '.join(MODES)}, comma-separated")
+    with tempfile.TemporaryDirectory() as tmp:
+        systems: list[System] = []
+        try:
+            for n, mode in enumerate(modes):
+                systems.append(System(mode, Path(tmp) / f"{n}-{mode}", args.workers, args.slots))
+            for s in systems:  # warm-up: workers connect, fetch the code, start children
+                s.run(args.workers * args.slots * 50)
+                s.runs.clear()
+            a, b = systems
+            started = time.monotonic()
+            for k in range(args.pairs):
+                for s in (a, b) if k % 2 == 0 else (b, a):
+                    time.sleep(args.pause_s)
+                    s.run(args.chunks)
+                if (k + 1) % 10 == 0 or k + 1 == args.pairs:
+                    rates = ([r["chunks_per_s"] for r in s.runs] for s in (a, b))
+                    print(f"{k + 1} pairs, {time.monotonic() - started:.0f} s: {b.mode} vs "
+                          f"{a.mode}: chunks/s {compare(*rates)}", flush=True)
+            for key, what in (("chunks_per_s", "throughput (chunks/s)"),
+                              ("coordinator_cpu_us", "coordinator CPU per chunk (us)"),
+                              ("machine_cpu_us", "machine CPU per chunk (us)")):
+                print(f"{what}, {a.mode} -> {b.mode}: "
+                      f"{compare(*([r[key] for r in s.runs] for s in (a, b)))}")
+        finally:
+            for s in systems:
+                s.stop()
     return 0
 
 
