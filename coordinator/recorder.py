@@ -18,7 +18,6 @@ coordinator's), as you would any pickle.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
 import queue
@@ -193,8 +192,12 @@ class Journal:
                 continue
             file, record = work
             if record is None:
-                with contextlib.suppress(OSError):  # a failed write said why already
-                    file.close()
+                try:
+                    file.close()  # writes what the file still buffers
+                except Exception as exc:
+                    if not failed:  # (after a failed write, closing fails alike: said)
+                        self._report_write_failure(file, exc)
+                    failed, self._failed = True, self._failed or exc
                 continue
             if failed:
                 continue
@@ -212,13 +215,17 @@ class Journal:
                 file.write(buf)
                 file.flush()
             except Exception as exc:  # disk full, file too large: serving matters more
-                log.error("journal: writing %s failed (%s); recording stops until the "
-                          "coordinator restarts: free disk space or lower "
-                          "TN_JOURNAL_BYTES_MAX", getattr(file, "name", file), exc)
+                self._report_write_failure(file, exc)
                 failed, self._failed = True, exc
                 continue
             last, size = self._written
             self._written = (file, (size if last is file else 0) + len(buf))
+
+    @staticmethod
+    def _report_write_failure(file: IO[bytes], exc: Exception) -> None:
+        log.error("journal: writing %s failed (%s); recording stops until the coordinator "
+                  "restarts: free disk space or lower TN_JOURNAL_BYTES_MAX",
+                  getattr(file, "name", file), exc)
 
     def _stop(self) -> None:
         """Stop recording after a failed write: the segment ends at its last whole record."""
@@ -244,14 +251,17 @@ class Journal:
         self._events, self._effects = [], []
 
     def _trim(self) -> None:
-        """Delete the oldest segments while the journal is over its size limit."""
+        """Delete the oldest segments while the journal is over its size limit, never the
+        one just begun (the writer may still be finishing the one before it, which can make
+        that one look newer)."""
         segments = sorted(self.root.glob("*.tnj"), key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in segments)
-        for old in segments[:-1]:
+        for old in segments:
             if total <= self.bytes_max:
                 break
-            total -= old.stat().st_size
-            old.unlink(missing_ok=True)
+            if old != self.path:
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
 
 
 def read_segment(path: Path) -> Iterator[Header | Entry]:

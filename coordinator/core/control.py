@@ -74,7 +74,7 @@ class TaskControl:
         core.emit(fx.PersistTask(
             ev.eid, task.id, task.owner, task.name, task.chunks_total, task.items_total,
             task.chunk_size, task.max_concurrency, task.max_attempts, task.chunk_timeout_ms,
-            task.requirements, task.code_ref, task.created_ms, task.price, task.budget,
+            list(task.requirements), task.code_ref, task.created_ms, task.price, task.budget,
             task.max_spend_per_minute, task.priority, task.verification, task.quorum_k,
             task.quorum_m, task.spot_per_mille, task.salt,
         ))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +125,8 @@ def test_votes_held_in_a_format_2_snapshot_fingerprint_as_recorded(tmp_path: Pat
 
 
 def test_the_caller_never_waits_for_the_disk(tmp_path: Path) -> None:
-    """The event loop hands encoded records over; a writer thread writes them. A write
-    stuck on the disk holds up neither ``flush`` nor the next events."""
+    """The event loop hands batches of events over; a writer thread encodes and writes
+    them. A write stuck on the disk holds up neither ``flush`` nor the next events."""
     journal = Journal(tmp_path, 1 << 30, 1 << 30, flush_ms=0)
     journal.open_segment(Core(CoreConfig(), 1), 0)
     journal.sync()
@@ -154,3 +156,62 @@ def test_the_caller_never_waits_for_the_disk(tmp_path: Path) -> None:
     journal.close()
     assert journal.path is not None
     assert [e.event.eid for e in read_segment(journal.path) if isinstance(e, Entry)] == [1, 2, 3]
+
+
+def test_segments_rotate_on_the_size_the_writer_reports(tmp_path: Path) -> None:
+    """As in the coordinator (no waiting for the writer at each flush): a segment ends once
+    the writer has reported it full; every segment opens with its snapshot and no event is
+    lost or repeated. Trimming never deletes the segment just begun, even when the writer
+    finishing the one before makes that one look newer."""
+    journal = Journal(tmp_path, segment_bytes=4_000, bytes_max=1 << 30, flush_ms=0)
+    journal.open_segment(Core(CoreConfig(), 1), 0)
+    for i in range(600):
+        journal.record(Core(CoreConfig(), 1), ResultIn(i + 1, i, "s1.1", i, OUT, "d"), [
+            fx.PersistResult(i + 1, "t", i, i, "a", "w", fx.Output(OUT), "d", 2, i)])
+        journal.maybe_flush(i)
+        if i % 50 == 49:
+            journal.sync()  # let the writer catch up now and then, as it does between turns
+    journal.sync()
+    segments = replay.segments(tmp_path)
+    assert len(segments) > 3
+    eids = []
+    for seg in segments:
+        records = list(read_segment(seg))
+        assert isinstance(records[0], Header)
+        eids += [r.event.eid for r in records[1:] if isinstance(r, Entry)]
+    assert eids == list(range(1, 601))
+
+    assert journal.path is not None
+    current, before = journal.path, segments[-2]
+    os.utime(before, (time.time() + 60, time.time() + 60))  # written after ``current`` began
+    journal.bytes_max = 1
+    journal._trim()
+    assert current.exists() and not before.exists()
+    journal.close()
+
+
+def test_a_record_the_encoder_refuses_stops_recording_not_the_loop(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug (an effect holding bytes of an unknown kind) is reported with its traceback;
+    recording stops at the last whole batch; the caller never sees an exception."""
+
+    class Stray(bytes):
+        pass
+
+    journal = Journal(tmp_path, 1 << 30, 1 << 30, flush_ms=0)
+    journal.open_segment(Core(CoreConfig(), 1), 0)
+    good = ResultIn(1, 1, "s1.1", 1, OUT, "d")
+    journal.record(Core(CoreConfig(), 1), good, [])
+    journal.flush()
+    bad = ResultIn(2, 2, "s1.1", 2, OUT, "d")
+    journal.record(Core(CoreConfig(), 1), bad, [
+        fx.PersistResult(2, "t", 0, 2, "a", "w", Stray(b"x"), "d", 1, 2)])  # type: ignore[arg-type]
+    journal.maybe_flush(2)
+    journal.sync()
+    assert "cannot record a Batch" in caplog.text and "report this as a bug" in caplog.text
+    journal.record(Core(CoreConfig(), 1), ResultIn(3, 3, "s1.1", 3, OUT, "d"), [])
+    journal.maybe_flush(3)  # sees the failure: recording stops
+    assert journal._file is None
+    journal.close()
+    assert journal.path is not None
+    assert [e.event.eid for e in read_segment(journal.path) if isinstance(e, Entry)] == [1]
