@@ -46,9 +46,13 @@ class System:
         root.mkdir()
         self.coord = Coordinator(root / "data", MODES[mode])
         self.workers: list[Proc] = []
-        self.workers = [start_worker(self.coord, f"w{i}", slots, root / f"cache{i}")
-                        for i in range(workers)]
         self.runs: list[dict[str, float]] = []
+        try:
+            for i in range(workers):
+                self.workers.append(start_worker(self.coord, f"w{i}", slots, root / f"cache{i}"))
+        except BaseException:
+            self.stop()  # not yet in the caller's list: stop what started
+            raise
 
     def run(self, chunks: int) -> dict[str, float]:
         cpu0, busy0 = self.coord.cpu_s(), machine_jiffies()

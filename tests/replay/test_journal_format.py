@@ -22,6 +22,10 @@ from coordinator.recorder import Batch, Entry, Header, Journal, fingerprint, rea
 OUT = msgspec.msgpack.encode([1, 2])
 
 
+class Stray(bytes):
+    """Bytes of a kind the journal does not know (only ``fx.Output`` is expected)."""
+
+
 def raw_records(path: Path) -> list[dict[str, Any]]:
     data, at, out = path.read_bytes(), 0, []
     while at < len(data):
@@ -68,10 +72,6 @@ def test_fingerprints_read_as_the_journal_stores_effects() -> None:
     effect = fx.PersistVote(3, "t", 0, 9, "a", "w", "d", fx.Output(b"\x01\x02\x03"), 5)
     assert fingerprint(effect)["output"] == 3
     assert effect.output == b"\x01\x02\x03"  # bytes in every other way
-
-    class Stray(bytes):
-        pass
-
     with pytest.raises((TypeError, NotImplementedError), match="Stray"):
         fingerprint(msgspec.structs.replace(effect, output=Stray(b"x")))  # type: ignore[arg-type]
 
@@ -194,10 +194,6 @@ def test_a_record_the_encoder_refuses_stops_recording_not_the_loop(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A bug (an effect holding bytes of an unknown kind) is reported with its traceback;
     recording stops at the last whole batch; the caller never sees an exception."""
-
-    class Stray(bytes):
-        pass
-
     journal = Journal(tmp_path, 1 << 30, 1 << 30, flush_ms=0)
     journal.open_segment(Core(CoreConfig(), 1), 0)
     good = ResultIn(1, 1, "s1.1", 1, OUT, "d")
